@@ -1,0 +1,3 @@
+"""ditlab.imaging: real-world super-resolution and restoration."""
+
+__version__ = "0.1.0"
