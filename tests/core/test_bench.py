@@ -1,0 +1,45 @@
+"""`ditlab core benchmark` at a tiny size: the report schema and the agreement of the two models."""
+
+import json
+import math
+
+import torch
+from ditlab.core import bench
+
+TINY = bench.BenchSize(depth=2, num_heads=2, head_dim=16, latent=8, train_batch=2, infer_batch=2,
+                       warmup=1, repeats=1)
+
+
+def test_benchmark_writes_the_report_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    printed = []
+    bench.run(TINY, out, device=torch.device("cpu"), echo=printed.append)
+    report = json.loads(out.read_text())
+
+    assert set(report) == {"machine", "date", "command", "rows", "goals"}
+    assert report["machine"] and report["date"]
+    assert report["rows"] and all(set(r) == {"task", "method", "metric", "value"} for r in report["rows"])
+    assert "| task | method | metric | value |" in printed[0]
+    assert not list(tmp_path.glob("*.tmp"))
+
+    throughputs = [r["value"] for r in report["rows"] if r["metric"] in ("images/s", "samples/s")]
+    assert len(throughputs) == 4
+    assert all(math.isfinite(v) and v > 0 for v in throughputs)
+
+    (diff,) = [r["value"] for r in report["rows"] if r["metric"] == "max abs diff"]
+    assert diff < 1e-4
+
+    assert [g["name"] for g in report["goals"]] == ["training throughput >= 1.0x diffusers",
+                                                    "inference throughput >= 1.0x diffusers"]
+    for goal in report["goals"]:
+        assert set(goal) == {"name", "target", "value", "met"}
+        assert isinstance(goal["met"], bool)
+        assert math.isfinite(goal["value"]) and goal["value"] > 0
+
+
+def test_build_pair_shares_weights_and_ties_embedders():
+    ours, ref = bench.build_pair(TINY)
+    embedders = [b.norm1.emb.state_dict() for b in ref.transformer_blocks]
+    for key, value in embedders[0].items():
+        assert torch.equal(value, embedders[1][key])
+    assert ours.cfg.depth == TINY.depth and ours.cfg.hidden_size == TINY.num_heads * TINY.head_dim
