@@ -156,3 +156,11 @@ def test_bad_config_names_the_valid_range(field, value, expected):
     with pytest.raises(ValueError, match=field) as info:
         TrainConfig(**{field: value})
     assert expected in str(info.value)
+
+
+def test_resume_from_weights_only_checkpoint(tmp_path):
+    Trainer(tiny_mlp(), mse, synthetic, config(steps=4, output_dir=str(tmp_path))).train()
+    (tmp_path / "checkpoint" / "optimizer.safetensors").unlink()
+    with pytest.warns(UserWarning, match="AdamW moments restart"):
+        trainer = Trainer(tiny_mlp(seed=1), mse, synthetic, config(steps=6, output_dir=str(tmp_path)))
+    assert trainer.step == 4 and trainer.train()["step"] == 6

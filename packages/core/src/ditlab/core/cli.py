@@ -41,6 +41,8 @@ def sample_cmd(
     """Sample the demo model into a PNG grid."""
     from ditlab.core import demo
 
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"expected a .png output path, got {out}")
     demo.write_grid(out, demo.sample_demo(per_class=per_class, steps=steps, guidance=guidance, seed=seed,
                                           weights=checkpoint))
     typer.echo(f"wrote {out}")
@@ -73,20 +75,10 @@ def _load_verticals() -> None:
 
 
 def main() -> None:
+    """Entry point: usage errors exit 2 through click; bad input raised by ditlab exits 2 with its message."""
     _load_verticals()
     try:
-        app(standalone_mode=False)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        typer.echo(f"error: {e}", err=True)
+        app()
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        typer.echo(f"error: {str(e).strip(chr(39))}", err=True)
         sys.exit(2)
-    except typer.Abort:
-        sys.exit(1)
-    except SystemExit:
-        raise
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise

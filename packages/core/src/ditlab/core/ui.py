@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import gradio as gr
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network here; never phone home
+
+import gradio as gr  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 7860
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, TypeError)

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ class TrainConfig:
     output_dir: str | None = None  # None: no checkpoints/logs written
     checkpoint_every: int = 0  # 0: only at the end (when output_dir is set)
     checkpoint_dtype: str = "float32"  # "float32" | "float16" | "bfloat16" for model+EMA tensors
-    log_every: int = 10
+    log_every: int = 10  # a JSONL line and a bar update every log_every steps and at the last step
     resume: bool = True  # resume from output_dir/checkpoint if present
     progress: bool = True  # tqdm bar
 
@@ -170,7 +171,8 @@ class Trainer:
     (including those of a resumed checkpoint). With `output_dir` set, the run resumes from
     `output_dir/checkpoint` when `config.resume` is true and one is there; the checkpoint's optimizer
     hyper-parameters then win over the config's. Resuming from a float16/bfloat16 checkpoint is
-    approximate: the stored weights are cast back to the model's precision.
+    approximate: the stored weights are cast back to the model's precision. A checkpoint kept without
+    optimizer.safetensors (weights, EMA and state.json only) resumes too, with fresh AdamW moments.
     """
 
     def __init__(
@@ -229,7 +231,10 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model).eval()
 
     def train(self) -> dict:
-        """Run the remaining steps; returns the step, the last logged loss and this session's throughput."""
+        """Run the remaining steps.
+
+        Returns the step, "loss" (mean over the last log window) and this session's steps and samples per s.
+        """
         cfg, acc = self.config, self.accelerator
         start = self.step
         if self.output_dir is not None and acc.is_main_process:
@@ -428,9 +433,12 @@ class Trainer:
                 load_file(folder / "ema.safetensors") if state["ema"] else model.state_dict()
             )
         moments: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in load_file(folder / "optimizer.safetensors").items():
-            _, idx, name = key.split(".", 2)
-            moments.setdefault(int(idx), {})[name] = value
+        if (folder / "optimizer.safetensors").is_file():
+            for key, value in load_file(folder / "optimizer.safetensors").items():
+                _, idx, name = key.split(".", 2)
+                moments.setdefault(int(idx), {})[name] = value
+        else:  # a checkpoint kept as weights only (e.g. committed to git): AdamW restarts its moments
+            warnings.warn(f"{folder} has no optimizer.safetensors; AdamW moments restart", stacklevel=3)
         groups = [
             {k: tuple(v) if k == "betas" else v for k, v in group.items()}
             for group in state["optimizer_param_groups"]
