@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ditlab.core import demo
-from ditlab.core.weights import recorded_digests, sha256_file, packaged_root
+from ditlab.core.weights import packaged_root, recorded_digests, sha256_file
 
 
 def test_rendered_shapes_are_distinct_classes():

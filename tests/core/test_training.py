@@ -4,10 +4,11 @@ import json
 
 import pytest
 import torch
-from ditlab.core.training import EMA, TrainConfig, Trainer, load_checkpoint
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from ditlab.core.training import EMA, TrainConfig, Trainer, load_checkpoint
 
 W_TRUE = torch.tensor([[1.0, -2.0], [0.5, 0.0], [0.0, 1.5], [-1.0, 1.0]])
 

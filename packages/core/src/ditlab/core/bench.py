@@ -19,17 +19,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import diffusers
 import torch
 import torch.nn.functional as F
+from diffusers import DiTTransformer2DModel
 from torch import nn
+
+from ditlab.core.models import DiT
 
 OURS, THEIRS = "ditlab DiT", "diffusers DiTTransformer2DModel"
 NUM_CLASSES = 1000
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,6 @@ QUICK = BenchSize(depth=4, num_heads=4, head_dim=64, latent=16, train_batch=8, i
 
 def build_pair(size: BenchSize, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """(ours, diffusers') at `size` with identical weights; diffusers' block embedders tied to block 0's."""
-    from diffusers import DiTTransformer2DModel
-    from ditlab.core.models import DiT
-
     torch.manual_seed(seed)
     ref = DiTTransformer2DModel(
         num_attention_heads=size.num_heads, attention_head_dim=size.head_dim, in_channels=size.in_channels,
@@ -80,17 +83,21 @@ def build_pair(size: BenchSize, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     return DiT.from_diffusers(ref), ref
 
 
-def _trim_heap() -> None:
-    """Return freed heap pages to the OS (glibc), so a region's RSS starts from live memory only."""
-    gc.collect()
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+def exact_rss_accounting() -> None:
+    """Make the process RSS follow live CPU tensors (glibc): serve every allocation of 64 KiB or more
+    by mmap, so that freeing it returns its pages, and hand back the free heap. glibc's default adaptive
+    threshold keeps freed tensors in the heap, which makes a region's RSS depend on what ran before it.
+    Call it after all timing: one mmap per allocation is slower than the default."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim"):
+        libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        libc.malloc_trim(0)
 
 
 class PeakMemory:
     """Peak memory of a region above its start, in bytes: the CUDA allocator's peak on a GPU; on the
-    CPU the process RSS, sampled every `interval` seconds from a background thread."""
+    CPU the process RSS, sampled every `interval` seconds from a background thread (see
+    `exact_rss_accounting`)."""
 
     def __init__(self, device: torch.device, interval: float = 0.002):
         self.device, self.interval = device, interval
@@ -104,7 +111,7 @@ class PeakMemory:
             return self
         import psutil
 
-        _trim_heap()
+        gc.collect()
         self._process = psutil.Process()
         self.start = self.peak = self._process.memory_info().rss
         self._stop = threading.Event()
@@ -164,7 +171,8 @@ def _forwards(ours: nn.Module, ref: nn.Module) -> dict[str, Callable[..., torch.
             THEIRS: lambda x, t, y: ref(x, timestep=t, class_labels=y).sample}
 
 
-def _train_step(model: nn.Module, forward: Callable[..., torch.Tensor], batch: tuple[torch.Tensor, ...]):
+def _train_step(model: nn.Module, forward: Callable[..., torch.Tensor],
+                batch: tuple[torch.Tensor, ...]) -> Callable[[], None]:
     """A closure running one AdamW step of the MSE loss on `batch`."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, t, y, target = batch
@@ -175,6 +183,21 @@ def _train_step(model: nn.Module, forward: Callable[..., torch.Tensor], batch: t
         opt.step()
 
     return step
+
+
+@contextmanager
+def _mode(models: Iterable[nn.Module], train: bool) -> Iterator[None]:
+    """Training: train mode with autograd on; inference: eval mode under `torch.inference_mode`."""
+    for model in models:
+        model.train(train)
+    with torch.enable_grad() if train else torch.inference_mode():
+        yield
+
+
+def _peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    with PeakMemory(device) as mem:
+        fn()
+    return mem.used
 
 
 def _memory_metric(device: torch.device) -> str:
@@ -193,8 +216,6 @@ def _machine(device: torch.device) -> str:
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    import diffusers
-
     return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores{gpu}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"diffusers {diffusers.__version__}")
@@ -202,7 +223,8 @@ def _machine(device: torch.device) -> str:
 
 def run(size: BenchSize, json_path: Path | None = None, device: torch.device | None = None,
         echo: Callable[[str], object] = print) -> dict:
-    """Measure both models at `size`, print the table and goals, write JSON when asked; return the report."""
+    """Measure both models at `size`, print the table and goals, write JSON when asked; return the report.
+    On the CPU this leaves the process in `exact_rss_accounting` mode."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ours, ref = build_pair(size)
     ours, ref = ours.to(device), ref.to(device)
@@ -219,40 +241,38 @@ def run(size: BenchSize, json_path: Path | None = None, device: torch.device | N
 
     torch.manual_seed(1)
     x, t, y, _ = _inputs(size, size.infer_batch, device)
-    for model in models.values():
-        model.eval()
-    with torch.inference_mode():
+    with _mode(models.values(), train=False):
         diff = (forwards[OURS](x, t, y) - forwards[THEIRS](x, t, y)).abs().max().item()
     row("output agreement (eval, same input and weights)", f"{OURS} vs diffusers", "max abs diff", diff)
 
-    def measure(task: str, unit: str, batch: int, fns: dict[str, Callable[[], object]],
-                context: Callable[[], object]) -> float:
-        with context():
-            seconds = time_interleaved(fns, size.warmup, size.repeats, device)
-            peaks = {}
-            for name, fn in fns.items():
-                with PeakMemory(device) as mem:
-                    fn()
-                peaks[name] = mem.used
-        for name in fns:
-            row(task, name, unit, round(batch / seconds[name], 3))
-        ratio = seconds[THEIRS] / seconds[OURS]
-        row(task, "ratio ditlab / diffusers", f"{unit} ratio (>1: ours faster)", round(ratio, 3))
-        for name in fns:
-            row(task, name, _memory_metric(device), round(peaks[name] / 2**20, 1))
-        return ratio
-
-    infer_fns = {name: (lambda f=f: f(x, t, y)) for name, f in forwards.items()}
-    infer_ratio = measure(f"sampling: one network evaluation, batch {size.infer_batch}",
-                          "images/s", size.infer_batch, infer_fns, torch.inference_mode)
-
     torch.manual_seed(2)
     batch = _inputs(size, size.train_batch, device)
-    for model in models.values():
-        model.train()
-    train_fns = {name: _train_step(models[name], f, batch) for name, f in forwards.items()}
-    train_ratio = measure(f"training step (forward + MSE + backward + AdamW), batch {size.train_batch}",
-                          "samples/s", size.train_batch, train_fns, torch.enable_grad)
+    tasks = [  # (task, unit, batch size, training?, one call per model)
+        (f"sampling: one network evaluation, batch {size.infer_batch}", "images/s", size.infer_batch, False,
+         {name: (lambda f=f: f(x, t, y)) for name, f in forwards.items()}),
+        (f"training step (forward + MSE + backward + AdamW), batch {size.train_batch}", "samples/s",
+         size.train_batch, True, {name: _train_step(models[name], f, batch) for name, f in forwards.items()}),
+    ]
+    seconds = []
+    for *_, train, fns in tasks:
+        with _mode(models.values(), train):
+            seconds.append(time_interleaved(fns, size.warmup, size.repeats, device))
+    if device.type == "cpu":
+        exact_rss_accounting()  # after all timing: it slows allocation down
+    peaks = []
+    for *_, train, fns in tasks:
+        with _mode(models.values(), train):
+            peaks.append({name: _peak_memory(fn, device) for name, fn in fns.items()})
+
+    ratios = []
+    for (task, unit, n, _, fns), secs, peak in zip(tasks, seconds, peaks, strict=True):
+        for name in fns:
+            row(task, name, unit, round(n / secs[name], 3))
+        ratios.append(secs[THEIRS] / secs[OURS])
+        row(task, "ratio ditlab / diffusers", f"{unit} ratio (>1: ours faster)", round(ratios[-1], 3))
+        for name in fns:
+            row(task, name, _memory_metric(device), round(peak[name] / 2**20, 1))
+    infer_ratio, train_ratio = ratios
 
     goals = [{"name": f"{kind} throughput >= 1.0x diffusers", "target": 1.0, "value": round(ratio, 3),
               "met": bool(ratio >= 1.0)}
@@ -279,7 +299,7 @@ def format_report(report: dict, size: BenchSize, device: torch.device) -> str:
     """The markdown table of rows, then the goals."""
     lines = [f"DiT benchmark on {report['machine']}",
              f"{size.describe()}; fp32, eager, {device.type}; median of {size.repeats} interleaved repeats "
-             f"after {size.warmup} warm-up; memory from one extra untimed call per model", "",
+             f"after {size.warmup} warm-up; memory from one extra untimed call per model after the timing", "",
              "| task | method | metric | value |", "|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {_fmt(r['value'])} |" for r in report["rows"]]
     lines += ["", "| goal | target | value | met |", "|---|---|---|---|"]
@@ -296,6 +316,7 @@ def write_json(report: dict, path: Path) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would follow the file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

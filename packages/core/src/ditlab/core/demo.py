@@ -56,7 +56,7 @@ def demo_batch(step: int, generator: torch.Generator, batch: int = RECIPE["batch
 
 
 def demo_model() -> DiT:
-    return DiT.from_preset("tiny/2", token_kind="2d", in_channels=1, input_size=[SIZE, SIZE],
+    return DiT.from_preset("tiny/4", token_kind="2d", in_channels=1, input_size=[SIZE, SIZE],
                            num_classes=len(CLASSES), class_dropout_prob=0.1, pos_embed="sincos")
 
 
@@ -152,8 +152,8 @@ def evaluate(model: DiT, clf: ShapeClassifier | None = None, per_class: int = 32
 
 MODEL_CARD = """# demo-shapes: a tiny class-conditional DiT
 
-**What it is.** `ditlab.core`'s demo model: DiT `tiny/2` ({params:,} parameters; depth 4, hidden 128,
-4 heads, patch 2 -> 64 tokens), class-conditional over 4 synthetic shapes
+**What it is.** `ditlab.core`'s demo model: DiT `tiny/4` ({params:,} parameters; depth 4, hidden 128,
+4 heads, patch 4 -> 16 tokens), class-conditional over 4 synthetic shapes
 ({classes}), 1 x 16 x 16 images in [-1, 1]. Flow matching (linear path x_t = (1 - t) x0 + t eps,
 velocity target, logit-normal t), label dropout 0.1 for classifier-free guidance.
 

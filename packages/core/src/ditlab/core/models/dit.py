@@ -508,13 +508,18 @@ class DiT(ModelMixin, ConfigMixin):
                                       cmask if cmask is not None else ones(ctx.shape[1])], dim=1)
         elif context is not None:
             raise ValueError("context given, but this model has context_dim=0")
+        tokens = self.run_blocks(tokens, c, rope, grid, key_mask, ctx)
+        out = self.final_layer(tokens, c)  # (B, T, prod(patch) * C_out)
+        return self.x_embedder.unpatchify(out, grid, cfg.output_channels)
+
+    def run_blocks(self, tokens, c, rope=None, grid=(), key_mask=None, ctx=None) -> torch.Tensor:
+        """The transformer trunk: tokens (B, T, D) -> (B, T, D). Feature caches replace this per instance."""
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens, ctx = self._gradient_checkpointing_func(block, tokens, c, rope, grid, key_mask, ctx, c)
             else:
                 tokens, ctx = block(tokens, c, rope, grid, key_mask, ctx, c)
-        out = self.final_layer(tokens, c)  # (B, T, prod(patch) * C_out)
-        return self.x_embedder.unpatchify(out, grid, cfg.output_channels)
+        return tokens
 
     @staticmethod
     def _key_mask(mask, batch: int, n: int, name: str) -> torch.Tensor | None:
