@@ -17,13 +17,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ditlab.core.models.positions import apply_rope, rope_tables, sincos_table
+from ditlab.core import kernels
+from ditlab.core.kernels.reference import modulate as modulate  # the adaLN shift-and-scale, public in models
+from ditlab.core.models.positions import rope_tables, sincos_table
 
 TOKEN_KINDS = {"1d": 1, "2d": 2, "3d": 3, "set": 0}  # kind -> number of spatial axes
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +252,7 @@ class RMSNorm(nn.Module):
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return kernels.rms_norm(x, self.weight, self.eps)
 
 
 class Mlp(nn.Module):
@@ -285,7 +283,7 @@ class Stream(nn.Module):
 
     def qkv_heads(self, x: torch.Tensor, mod: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
         """Modulated pre-norm, qkv, split into heads: three (B, H, L, Dh) tensors."""
-        h = modulate(F.layer_norm(x, x.shape[-1:], eps=self.norm_eps), mod[0], mod[1])
+        h = kernels.layernorm_modulate(x, mod[0], mod[1], self.norm_eps)
         q, k, v = self.qkv(h).unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -293,8 +291,7 @@ class Stream(nn.Module):
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """Gated residual of the attention output, then the gated, modulated MLP."""
-        x = torch.addcmul(x, mod[2].unsqueeze(1), self.proj(attn))
-        h = modulate(F.layer_norm(x, x.shape[-1:], eps=self.mlp_norm_eps), mod[3], mod[4])
+        x, h = kernels.gated_residual_layernorm_modulate(x, mod[2], self.proj(attn), mod[3], mod[4], self.mlp_norm_eps)
         return torch.addcmul(x, mod[5].unsqueeze(1), self.mlp(h))
 
 
@@ -314,7 +311,7 @@ class DiTBlock(nn.Module):
         mod = self.x.adaLN_modulation(c).chunk(6, dim=-1)
         q, k, v = self.x.qkv_heads(x, mod, heads)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = kernels.apply_rope(q, *rope), kernels.apply_rope(k, *rope)
         n_x = q.shape[2]
         if ctx is not None:
             cmod = self.ctx.adaLN_modulation(ctx_c).chunk(2 if self.ctx.pre_only else 6, dim=-1)
@@ -346,7 +343,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(F.layer_norm(x, x.shape[-1:], eps=self.norm_eps), shift, scale))
+        return self.linear(kernels.layernorm_modulate(x, shift, scale, self.norm_eps))
 
 
 # ----------------------------------------------------------------------------------------------

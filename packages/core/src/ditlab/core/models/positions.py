@@ -11,6 +11,8 @@ import functools
 
 import torch
 
+from ditlab.core.kernels import apply_rope as apply_rope  # applies `rope_tables`; fused on CUDA
+
 
 def _axis_split(dim: int, n_axes: int) -> list[int]:
     """Split `dim` channels into `n_axes` even groups; the first (fastest) axis takes the rest."""
@@ -52,10 +54,3 @@ def rope_tables(head_dim: int, grid: tuple[int, ...], theta: float = 10000.0) ->
         angles.append(c[:, None] * freqs[None, :])
     ang = torch.cat(angles, dim=1)
     return ang.cos().float(), ang.sin().float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved channel pairs of x (B, H, L, Dh) by angles (L, Dh/2)."""
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
