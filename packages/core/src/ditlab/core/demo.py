@@ -162,7 +162,7 @@ random centre and half-size 3-6 px, 4x supersampled. No external data.
 
 **Recipe.** `ditlab core demo-train` (`ditlab.core.demo.train_demo`): {steps} AdamW steps, batch {batch},
 lr {lr}, {warmup} warm-up steps, grad clip 1.0, EMA {ema_decay} (the EMA weights are shipped), seed {seed},
-fp32 on {device}; {seconds:.0f} s wall clock.
+fp32 on {device} with {threads} torch thread(s); {seconds:.0f} s wall clock.
 
 **Metrics.** A small CNN trained on rendered shapes (`train_classifier`, its own seed) recognises
 {acc:.1%} of 128 class-conditional samples (Euler, {sample_steps} steps, CFG {guidance}) as the class asked for;
@@ -199,7 +199,8 @@ def train_demo(out: str | Path | None = None, steps: int | None = None, seed: in
                              ema_decay=RECIPE["ema_decay"], seed=seed, seconds=seconds, acc=acc,
                              acc_untrained=acc_untrained, sample_steps=RECIPE["sample_steps"],
                              guidance=RECIPE["guidance"],
-                             device="CUDA" if torch.cuda.is_available() else "a 2-core CPU")
+                             device="CUDA" if torch.cuda.is_available() else "a 2-core CPU",
+                             threads=torch.get_num_threads())
     digest = save_model(ema, folder, card=card)
     if packaged:
         sums = packaged_root() / "SHA256SUMS"
