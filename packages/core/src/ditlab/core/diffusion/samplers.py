@@ -9,13 +9,18 @@ Two hooks let callers steer every step (data consistency, inpainting, guidance):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from ditlab.core.diffusion.guidance import Denoiser
 from ditlab.core.diffusion.paths import FlowMatching, Path
+
+if TYPE_CHECKING:
+    from ditlab.core.accel.cache import CachePolicy
 
 FLOW_SAMPLERS = ("euler", "heun")
 VP_SAMPLERS = ("ddim", "ddpm", "dpmsolver++", "unipc", "deis")
@@ -140,13 +145,20 @@ def sample(
     eta: float = 0.0,
     shift: float = 1.0,
     progress: bool | Callable[[int, int], None] = False,
+    cache: CachePolicy | None = None,
 ) -> torch.Tensor:
     """Draw samples of `shape` from `model` trained on `path`. Seeded by `generator` (noise is drawn on
     the CPU, so a seed gives the same samples on any device). `guidance_scale` != 1 turns on
     classifier-free guidance; for class-conditional models the null class is the default unconditional
-    input, otherwise pass `uncond_kwargs`."""
+    input, otherwise pass `uncond_kwargs`. `cache` (a `ditlab.core.accel` policy) reuses transformer
+    features across the model calls of this run."""
+    from ditlab.core.accel.cache import CachePolicy  # here, so that accel may build on the samplers
+
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if cache is not None and not isinstance(cache, CachePolicy):
+        raise TypeError(f"cache must be a CachePolicy (NoCache, FORA, DeltaDiT, TaylorSeer, FirstBlockCache) "
+                        f"or None, got {type(cache).__name__}")
     is_flow = isinstance(path, FlowMatching)
     sampler = sampler or ("euler" if is_flow else "ddim")
     valid = FLOW_SAMPLERS if is_flow else VP_SAMPLERS
@@ -159,6 +171,8 @@ def sample(
         raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     x = x_T.to(device=device, dtype=torch.float32)
     den = Denoiser(model, path, guidance_scale, model_kwargs, uncond_kwargs)
-    if is_flow:
-        return sample_flow(den, x, steps, sampler, shift, x0_hook, callback, progress)
-    return sample_vp(den, x, steps, sampler, eta, generator, x0_hook, callback, progress)
+    total_calls = 2 * steps - 1 if sampler == "heun" else steps  # Heun's last step is an Euler step
+    with cache.attach(model, total_calls) if cache is not None else contextlib.nullcontext():
+        if is_flow:
+            return sample_flow(den, x, steps, sampler, shift, x0_hook, callback, progress)
+        return sample_vp(den, x, steps, sampler, eta, generator, x0_hook, callback, progress)
