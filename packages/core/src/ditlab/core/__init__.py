@@ -9,8 +9,8 @@ import torch
 for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-# Denormal floats (tiny gradients, Adam moments, attention tails) slow CPU kernels by 10-30x, measured here
-# on a 2-core EPYC; flushing them to zero changes no result that matters and keeps step times steady.
+# Denormal floats (tiny gradients, Adam moments, attention tails) slow CPU kernels by 10-30x (measured here
+# on the 2-core CI machine); flushing them to zero changes no result that matters and keeps step times steady.
 torch.set_flush_denormal(True)
 
 __version__ = "0.1.0"

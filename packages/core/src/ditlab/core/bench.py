@@ -4,13 +4,12 @@ Both models run side by side in one process, on the same threads, in fp32 and ea
 model is built first; its per-block timestep/label embedders are tied to block 0's (as in every public
 checkpoint) and ours is converted from it with `DiT.from_diffusers`, so both hold the same weights.
 Timed repeats alternate between the two models (A B A B ...) so that drift on a shared machine hits
-both alike; the median repeat is reported. Peak memory comes from one extra, untimed call per model.
+both alike; the median repeat is reported. Peak memory comes from untimed calls after all timing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import gc
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 import diffusers
+import psutil
 import torch
 import torch.nn.functional as F
 from diffusers import DiTTransformer2DModel
@@ -83,14 +83,25 @@ def build_pair(size: BenchSize, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     return DiT.from_diffusers(ref), ref
 
 
-def exact_rss_accounting() -> None:
-    """Make the process RSS follow live CPU tensors (glibc): serve every allocation of 64 KiB or more
-    by mmap, so that freeing it returns its pages, and hand back the free heap. glibc's default adaptive
-    threshold keeps freed tensors in the heap, which makes a region's RSS depend on what ran before it.
-    Call it after all timing: one mmap per allocation is slower than the default."""
+def _glibc() -> ctypes.CDLL | None:
     libc = ctypes.CDLL(None)
-    if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim"):
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def exact_rss_accounting() -> None:
+    """Make the process RSS follow live CPU tensors (glibc): serve allocations of 64 KiB or more by mmap,
+    so that freeing one returns its pages. glibc's default adaptive threshold keeps freed tensors in the
+    heap, which makes a region's RSS depend on what ran before it. Call it after all timing: one mmap
+    per allocation is slower than the default."""
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+
+
+def _release_free_heap() -> None:
+    """Hand free heap pages back to the OS, so that a region's RSS starts from live memory."""
+    libc = _glibc()
+    if libc is not None:
         libc.malloc_trim(0)
 
 
@@ -109,9 +120,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
             return self
-        import psutil
-
-        gc.collect()
+        _release_free_heap()
         self._process = psutil.Process()
         self.start = self.peak = self._process.memory_info().rss
         self._stop = threading.Event()
@@ -178,9 +187,9 @@ def _train_step(model: nn.Module, forward: Callable[..., torch.Tensor],
     x, t, y, target = batch
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
         F.mse_loss(forward(x, t, y), target).backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)  # here, so that a step's memory region starts without gradients
 
     return step
 
@@ -216,9 +225,11 @@ def _machine(device: torch.device) -> str:
     except OSError:
         pass
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    # other jobs on the cores skew every number; say how busy the machine was
+    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
     return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores{gpu}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"diffusers {diffusers.__version__}")
+            f"diffusers {diffusers.__version__}{load}")
 
 
 def run(size: BenchSize, json_path: Path | None = None, device: torch.device | None = None,
@@ -226,6 +237,7 @@ def run(size: BenchSize, json_path: Path | None = None, device: torch.device | N
     """Measure both models at `size`, print the table and goals, write JSON when asked; return the report.
     On the CPU this leaves the process in `exact_rss_accounting` mode."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    machine = _machine(device)
     ours, ref = build_pair(size)
     ours, ref = ours.to(device), ref.to(device)
     models = {OURS: ours, THEIRS: ref}
@@ -262,6 +274,8 @@ def run(size: BenchSize, json_path: Path | None = None, device: torch.device | N
     peaks = []
     for *_, train, fns in tasks:
         with _mode(models.values(), train):
+            for fn in fns.values():  # one call each to settle the heap after the switch
+                fn()
             peaks.append({name: _peak_memory(fn, device) for name, fn in fns.items()})
 
     ratios = []
@@ -278,7 +292,7 @@ def run(size: BenchSize, json_path: Path | None = None, device: torch.device | N
               "met": bool(ratio >= 1.0)}
              for kind, ratio in (("training", train_ratio), ("inference", infer_ratio))]
     report = {
-        "machine": _machine(device),
+        "machine": machine,
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "rows": rows,
@@ -299,7 +313,7 @@ def format_report(report: dict, size: BenchSize, device: torch.device) -> str:
     """The markdown table of rows, then the goals."""
     lines = [f"DiT benchmark on {report['machine']}",
              f"{size.describe()}; fp32, eager, {device.type}; median of {size.repeats} interleaved repeats "
-             f"after {size.warmup} warm-up; memory from one extra untimed call per model after the timing", "",
+             f"after {size.warmup} warm-up; memory from an untimed call per model after the timing", "",
              "| task | method | metric | value |", "|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['method']} | {r['metric']} | {_fmt(r['value'])} |" for r in report["rows"]]
     lines += ["", "| goal | target | value | met |", "|---|---|---|---|"]

@@ -211,7 +211,8 @@ class Tokenizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "set":
             return self.proj(x)  # (B, N, D)
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, T, D)
+        # contiguous: the residual stream inherits this layout, and a transposed one costs a copy per norm
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, T, D)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, ...], channels: int) -> torch.Tensor:
         """(B, T, prod(patch) * C) -> (B, C, *spatial); inverse of the convolutional patchify."""
@@ -284,7 +285,8 @@ class Stream(nn.Module):
     def qkv_heads(self, x: torch.Tensor, mod: torch.Tensor, heads: int) -> tuple[torch.Tensor, ...]:
         """Modulated pre-norm, qkv, split into heads: three (B, H, L, Dh) tensors."""
         h = kernels.layernorm_modulate(x, mod[0], mod[1], self.norm_eps)
-        q, k, v = self.qkv(h).unflatten(-1, (3, heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        # unbind then transpose (not one permute): backward then writes the qkv gradient without a copy
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(h).unflatten(-1, (3, heads, -1)).unbind(2))  # (B, H, L, Dh)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
@@ -327,6 +329,7 @@ class DiTBlock(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             out = out.transpose(1, 2).flatten(2)  # (B, T + M, D)
+        del q, k, v  # free the qkv buffer before the MLP
         x = self.x.finish(x, out[:, :n_x], mod)
         if ctx is not None and not self.ctx.pre_only:
             ctx = self.ctx.finish(ctx, out[:, n_x:], cmod)
