@@ -1,0 +1,93 @@
+"""The field's image metrics, on a stated HU window: PSNR, SSIM (2D, per plane, 3D) and the data residual.
+
+Both images are clipped to `window` first and the data range is the window's width, so a number is
+only quoted together with its window (default (-1000, 1000) HU, MONAI's `ScaleIntensityRange`
+convention). Volumes are (X, Y, Z) in RAS order: axial planes are fixed Z, coronal fixed Y,
+sagittal fixed X.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+
+from ditlab.medical.data import HU_WINDOW
+from ditlab.medical.operators import Operator
+
+Array = np.ndarray | torch.Tensor
+
+
+def _np(x: Array) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+
+
+def _pair(x: Array, ref: Array, window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, float]:
+    x, ref = _np(x), _np(ref)
+    if x.shape != ref.shape:
+        raise ValueError(f"image and reference differ in shape: {x.shape} vs {ref.shape}")
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"window must be (low, high) with high > low, got {window}")
+    return x.clip(lo, hi), ref.clip(lo, hi), hi - lo
+
+
+def psnr(x: Array, ref: Array, window: tuple[float, float] = HU_WINDOW) -> float:
+    """PSNR in dB of `x` against `ref` (any equal shapes), both clipped to `window`; peak = window width."""
+    x, ref, data_range = _pair(x, ref, window)
+    mse = float(np.mean((x - ref) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(data_range ** 2 / mse)
+
+
+def ssim(x: Array, ref: Array, window: tuple[float, float] = HU_WINDOW) -> float:
+    """SSIM of 2D images clipped to `window` (data range = its width): Wang et al. 2004, 11 x 11 Gaussian window
+    with sigma 1.5, K1 = 0.01, K2 = 0.03 (skimage's implementation)."""
+    x, ref, data_range = _pair(x, ref, window)
+    if x.ndim != 2:
+        raise ValueError(f"ssim expects 2D images (H, W), got shape {x.shape}; use per_plane or ssim3d for volumes")
+    if min(x.shape) < 11:
+        raise ValueError(f"ssim needs images of at least 11 x 11 (its Gaussian window), got shape {x.shape}")
+    return float(structural_similarity(x, ref, data_range=data_range, gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False))
+
+
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}  # the axis each plane holds fixed
+
+
+def per_plane(x: Array, ref: Array, fn: Callable[..., float] = psnr, **kwargs: Any) -> dict[str, float]:
+    """`fn(slice, ref_slice, **kwargs)` averaged over the slices of each plane of volumes (X, Y, Z)."""
+    x, ref = _np(x), _np(ref)
+    if x.ndim != 3 or x.shape != ref.shape:
+        raise ValueError(f"per_plane expects two volumes (X, Y, Z) of one shape, got {x.shape} and {ref.shape}")
+    return {name: float(np.mean([fn(np.take(x, i, axis), np.take(ref, i, axis), **kwargs)
+                                 for i in range(x.shape[axis])]))
+            for name, axis in PLANES.items()}
+
+
+def ssim3d(x: Array, ref: Array, window: tuple[float, float] = HU_WINDOW) -> float:
+    """3D SSIM of volumes (X, Y, Z): MONAI `SSIMMetric(spatial_dims=3, data_range=1.0)` (Gaussian 11^3, sigma
+    1.5) on the volumes normalised to [0, 1] over `window`; every side must be >= 11 voxels."""
+    from monai.metrics import SSIMMetric
+
+    x, ref, data_range = _pair(x, ref, window)
+    if x.ndim != 3 or min(x.shape) < 11:
+        raise ValueError(f"ssim3d expects volumes (X, Y, Z) with every side >= 11, got shape {x.shape}")
+    lo = float(window[0])
+    a, b = (torch.from_numpy((v - lo) / data_range)[None, None].float() for v in (x, ref))
+    return float(SSIMMetric(spatial_dims=3, data_range=1.0)(a, b).mean())
+
+
+def data_residual(x: torch.Tensor, op: Operator, y: torch.Tensor) -> float:
+    """Relative data residual ||A x - y|| / ||y|| of a reconstruction `x` (slices, window units)."""
+    return float((op.forward(x.to(y.real.dtype)) - y).norm() / y.norm())
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Run `fn(*args, **kwargs)` and return (its result, wall seconds)."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
