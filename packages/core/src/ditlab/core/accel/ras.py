@@ -1,0 +1,189 @@
+"""Region-Adaptive Sampling (RAS; Liu et al. 2025, "Region-Adaptive Sampling for Diffusion Transformers").
+
+A DiT's focus moves slowly from one sampling step to the next, and most of an image changes little per
+step. After a few full ("dense") warm-up calls, each call of the network therefore runs the transformer
+only on a fraction `ratio` of the tokens, those in the model's focus; every other token keeps the output
+(noise / velocity prediction) of the last call that computed it.
+
+- Focus metric (RAS's): the standard deviation of the current prediction over each token's patch
+  (pixels x channels), times exp(`starvation` x the number of consecutive calls the token was skipped),
+  so no region is left stale for long. Each batch row picks its own tokens (the same number per row, so
+  the batch stays one tensor); the conditional and unconditional rows of a CFG batch are separate rows.
+- Attention: the active tokens attend to all tokens. Keys and values of the skipped tokens come from a
+  per-block cache holding each token's K/V from the last call that computed it, as in the paper; active
+  tokens refresh their entries. RoPE angles and sin-cos positions are those of each token's position.
+- Dense calls: the first `warmup`, every `dense_every`-th after them, and the first after a change of
+  input shape; they recompute everything and refill the caches, which stops errors from accumulating.
+
+Cost: a sparse call costs about `ratio` of a dense one in the projections and MLPs, and `ratio` of the
+attention too (ratio x T queries against T keys); `nfe_equivalent()` sums computed / total tokens over
+calls. Memory: K and V of every block for the whole batch (2 x depth x B x T x hidden_size values).
+RAS runs the blocks through its own loop, so `compile_blocks` does not apply to it; inference only
+(caches are updated in place).
+
+    with RegionAdaptive(ratio=0.5).attach(model, total_calls=50): ...   # or sample(..., cache=...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ditlab.core import kernels
+from ditlab.core.accel.cache import CachePolicy, _Call, _check_int
+
+
+def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows `idx` (B, k) of every sample of x (B, T, C) -> (B, k, C)."""
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _rope_per_row(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE with angles per batch row: x (B, H, k, Dh), cos and sin (B, k, Dh/2). The rows are laid end to
+    end as one sequence, the form the RoPE kernel takes."""
+    b, h, k, dh = x.shape
+    flat = x.transpose(0, 1).reshape(1, h, b * k, dh)
+    out = kernels.apply_rope(flat, cos.reshape(b * k, -1), sin.reshape(b * k, -1))
+    return out.reshape(h, b, k, dh).transpose(0, 1)
+
+
+class RegionAdaptive(CachePolicy):
+    """RAS: after `warmup` dense calls, recompute only the `ratio` fraction of tokens in focus per call.
+
+    `ratio` in (0, 1] (1 makes every call dense); `dense_every` > 0 makes every `dense_every`-th call after
+    the warm-up dense; `starvation` >= 0 is the growth rate of a skipped token's priority per skipped
+    call (0: pure metric, tokens in flat regions may never be recomputed). `stats` adds to the common
+    counters `tokens_computed`, `tokens_total`, `token_fraction` and `max_skipped` (the most consecutive
+    calls any token went without being computed). For 2d and 3d token models without window attention.
+    """
+
+    def __init__(self, ratio: float = 0.5, warmup: int = 4, dense_every: int = 0, starvation: float = 0.5):
+        super().__init__()
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+            raise ValueError(f"ratio must lie in (0, 1] (the fraction of tokens recomputed per call), got {ratio!r}")
+        if isinstance(starvation, bool) or not isinstance(starvation, int | float) or not starvation >= 0:
+            raise ValueError(f"starvation must be a number >= 0, got {starvation!r}")
+        self.ratio, self.starvation = float(ratio), float(starvation)
+        self.warmup = _check_int("warmup", warmup, 0)
+        self.dense_every = _check_int("dense_every", dense_every, 0)
+
+    def attach(self, model: nn.Module, total_calls: int) -> contextlib.AbstractContextManager:
+        """Like every cache policy, plus `model.final_layer.forward`, which RAS overrides as well."""
+        cfg = getattr(model, "cfg", None)
+        kind = getattr(cfg, "token_kind", None)
+        if kind not in ("2d", "3d"):
+            raise ValueError(f"region-adaptive sampling needs a 2d or 3d token model (image or volume patches), "
+                             f"got token_kind {kind!r}")
+        windowed = [i for i, block in enumerate(model.blocks) if block.window is not None]
+        if windowed:
+            raise ValueError(f"region-adaptive sampling cannot use window attention (blocks {windowed} attend in "
+                             f"windows of {cfg.window} tokens, which need all their tokens); use global attention")
+        if "forward" in vars(model.final_layer):
+            raise RuntimeError("this model already has its final_layer.forward replaced; detach that first")
+        return super().attach(model, total_calls)
+
+    @contextlib.contextmanager
+    def _attach(self, model: nn.Module, blocks: nn.ModuleList, total_calls: int) -> Iterator[None]:
+        cfg, final = model.cfg, model.final_layer
+        self._channels = cfg.output_channels
+        self._pred_channels = cfg.output_channels // 2 if cfg.learn_sigma else cfg.output_channels
+        with super()._attach(model, blocks, total_calls):
+            self.stats.update(tokens_computed=0, tokens_total=0, token_fraction=0.0, max_skipped=0)
+            final.forward = self._final_layer(final.forward)
+            try:
+                yield
+            finally:
+                del final.forward
+
+    def reset(self) -> None:
+        self._kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # per block, all tokens
+        self._out: torch.Tensor | None = None  # (B, T, prod(patch) * C_out), the final layer's last output
+        self._skipped: torch.Tensor | None = None  # (B, T) consecutive calls each token was not computed
+        self._active: torch.Tensor | None = None  # (B, k) tokens computed by the current call; None: all
+
+    def _dense(self, index: int, active: int, total: int) -> bool:
+        after = index - self.warmup
+        return (self._out is None or active == total or after < 0
+                or (self.dense_every > 0 and (after + 1) % self.dense_every == 0))
+
+    def _select(self, active: int) -> torch.Tensor:
+        """Per batch row, the `active` tokens of highest focus score, in token order: (B, k)."""
+        pred = self._out.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
+        spread = pred.flatten(2).float().std(dim=-1)  # (B, T)
+        score = spread.clamp_min(1e-12).log() + self.starvation * self._skipped
+        return score.topk(active, dim=1).indices.sort(dim=1).values
+
+    def step(self, call: _Call, tokens: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        b, total, _ = tokens.shape
+        active = max(1, math.ceil(self.ratio * total - 1e-9))
+        rope = call.rope
+        if self._dense(call.index, active, total):
+            active, self._active = total, None
+            self._skipped = torch.zeros(b, total, dtype=torch.long, device=tokens.device)
+        else:
+            idx = self._active = self._select(active)
+            tokens = _gather_tokens(tokens, idx)
+            if rope is not None:
+                rope = tuple(r[idx] for r in rope)  # (B, k, Dh/2)
+            self._skipped += 1
+            self._skipped.scatter_(1, idx, 0)
+        for i, block in enumerate(call.blocks):
+            tokens, ctx = self._block(i, block, tokens, call.c, rope, call.key_mask, ctx)
+        call.computed = self.depth * active / total
+        stats = self.stats
+        stats["tokens_computed"] += b * active
+        stats["tokens_total"] += b * total
+        stats["token_fraction"] = stats["tokens_computed"] / stats["tokens_total"]
+        stats["max_skipped"] = max(stats["max_skipped"], int(self._skipped.max()))
+        return tokens
+
+    def _block(self, i: int, block: nn.Module, x: torch.Tensor, c: torch.Tensor, rope, key_mask, ctx):
+        """`DiTBlock.forward` for the current call's tokens, with keys and values completed from the cache."""
+        heads = block.num_heads
+        mod = block.x.adaLN_modulation(c).chunk(6, dim=-1)
+        q, k, v = block.x.qkv_heads(x, mod, heads)
+        if rope is not None:
+            apply = kernels.apply_rope if self._active is None else _rope_per_row
+            q, k = apply(q, *rope), apply(k, *rope)
+        k, v = self._keys_values(i, k, v)
+        n_x = q.shape[2]
+        if ctx is not None:
+            cmod = block.ctx.adaLN_modulation(c).chunk(2 if block.ctx.pre_only else 6, dim=-1)
+            cq, ck, cv = block.ctx.qkv_heads(ctx, cmod, heads)
+            q, k, v = (torch.cat([a, b], dim=2) for a, b in zip((q, k, v), (cq, ck, cv), strict=True))
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
+        x = block.x.finish(x, out[:, :n_x], mod)
+        if ctx is not None and not block.ctx.pre_only:
+            ctx = block.ctx.finish(ctx, out[:, n_x:], cmod)
+        return x, ctx
+
+    def _keys_values(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come. Sparse call: write
+        the active tokens' rows into the cache and return the whole cache."""
+        if self._active is None:
+            self._kv[i] = k, v = k.contiguous(), v.contiguous()
+            return k, v
+        cache_k, cache_v = self._kv[i]
+        rows = self._active[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        cache_k.scatter_(2, rows, k.to(cache_k.dtype))
+        cache_v.scatter_(2, rows, v.to(cache_v.dtype))
+        return cache_k, cache_v
+
+    def _final_layer(self, forward):
+        """Wrap the final layer: its output for the active tokens is scattered into the last full output."""
+
+        def final_layer(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            out = forward(x, c)
+            if self._active is not None:
+                rows = self._active[..., None].expand(-1, -1, out.shape[-1])
+                out = self._out.scatter(1, rows, out.to(self._out.dtype))
+            self._out = out
+            return out
+
+        return final_layer

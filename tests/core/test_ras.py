@@ -1,0 +1,121 @@
+"""Region-adaptive sampling: exact where it should be, cheaper after warm-up, no token starved, bad input
+and unsupported models refused, the model restored."""
+
+import pytest
+import torch
+
+from ditlab.core.accel.ras import RegionAdaptive
+from ditlab.core.diffusion import FlowMatching, sample
+from ditlab.core.models import DiT
+
+LABELS = {"class_labels": torch.tensor([0, 1])}
+
+
+def tiny(**overrides) -> DiT:
+    """A 2-block DiT over 1-channel images with random non-zero weights."""
+    torch.manual_seed(0)
+    kw = {"token_kind": "2d", "in_channels": 1, "depth": 2, "hidden_size": 32, "num_heads": 2, "num_classes": 2}
+    m = DiT(**{**kw, **overrides})
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def draw(m: DiT, policy: RegionAdaptive | None = None, steps: int = 12) -> torch.Tensor:
+    def run():
+        return sample(m, FlowMatching(), (2, 1, 16, 16), steps=steps, guidance_scale=2.0, model_kwargs=LABELS,
+                      generator=torch.Generator().manual_seed(1))
+
+    if policy is None:
+        return run()
+    with policy.attach(m, total_calls=steps):
+        return run()
+
+
+def test_ratio_one_is_identical():
+    m = tiny(pos_embed="rope")
+    ref = draw(m)
+    policy = RegionAdaptive(ratio=1.0)
+    torch.testing.assert_close(draw(m, policy), ref, atol=1e-6, rtol=0)
+    assert policy.stats["full_calls"] == 12 and policy.nfe_equivalent() == 12
+
+
+CASES = {
+    "2d-sincos": ({}, (2, 1, 16, 16), {"class_labels": torch.tensor([0, 1])}),
+    "2d-rope-context": ({"pos_embed": "rope", "context_dim": 8, "num_classes": 0}, (2, 1, 16, 16),
+                        {"context": torch.randn(2, 3, 8)}),
+    "3d-rope": ({"token_kind": "3d", "pos_embed": "rope", "hidden_size": 48}, (2, 1, 4, 8, 8), {}),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@torch.no_grad()
+def test_sparse_call_with_unchanged_input_repeats_the_dense_output(case):
+    """Cached K/V and outputs of the skipped tokens equal fresh ones when the input did not change, so a sparse
+    call must reproduce the dense call exactly: this checks the gathers, scatters and per-token positions."""
+    overrides, shape, kwargs = case
+    m = tiny(**overrides)
+    x, t = torch.randn(shape), torch.tensor([300.0, 800.0])
+    policy = RegionAdaptive(ratio=0.3, warmup=1)
+    with policy.attach(m, total_calls=3):
+        dense = m(x, t, **kwargs)
+        sparse = m(x, t, **kwargs)
+        assert policy.stats["full_calls"] == 1 and 0.6 < policy.stats["token_fraction"] < 0.7
+        torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+        kwargs = {k: v[:1] for k, v in kwargs.items()}
+        m(x[:1], t[:1], **kwargs)  # a new batch size starts over with a dense call
+        assert policy.stats["full_calls"] == 2
+
+
+def test_half_ratio_computes_half_the_tokens_and_stays_close():
+    m = tiny()
+    ref = draw(m, steps=12)
+    policy = RegionAdaptive(ratio=0.5, warmup=4)
+    out = draw(m, policy, steps=12)
+    assert policy.stats["full_calls"] == 4
+    assert policy.stats["token_fraction"] == pytest.approx((4 + 8 * 0.5) / 12)
+    assert policy.nfe_equivalent() == pytest.approx(4 + 8 * 0.5)
+    assert torch.isfinite(out).all()
+    assert ((out - ref).norm() / ref.norm()).item() < 0.05
+
+
+def test_dense_every_schedules_full_calls():
+    policy = RegionAdaptive(ratio=0.5, warmup=2, dense_every=3)
+    draw(tiny(), policy, steps=12)
+    assert policy.stats["full_calls"] == 2 + 3  # calls 0, 1, then 4, 7, 10
+
+
+def test_starvation_bounds_how_long_a_token_waits():
+    m = tiny()
+    starved, fed = RegionAdaptive(ratio=0.25, warmup=1, starvation=0.0), RegionAdaptive(ratio=0.25, warmup=1)
+    draw(m, starved, steps=24)
+    draw(m, fed, steps=24)
+    assert fed.stats["max_skipped"] <= 10 < starved.stats["max_skipped"]
+
+
+@pytest.mark.parametrize("ratio", [0, -1, 1.5, float("nan")])
+def test_invalid_ratio_names_the_range(ratio):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        RegionAdaptive(ratio=ratio)
+
+
+def test_unsupported_models_are_refused():
+    with pytest.raises(ValueError, match="2d or 3d"):
+        RegionAdaptive().attach(tiny(token_kind="1d"), 10)
+    with pytest.raises(ValueError, match="window attention"):
+        RegionAdaptive().attach(tiny(window_size=4), 10)
+
+
+def test_model_restored_after_exit_and_after_an_error():
+    m = tiny()
+    policy = RegionAdaptive(ratio=0.5, warmup=1)
+    with pytest.raises(KeyError):
+        with policy.attach(m, total_calls=4):
+            assert "run_blocks" in vars(m) and "forward" in vars(m.final_layer)
+            raise KeyError("boom")
+    assert "run_blocks" not in vars(m) and "forward" not in vars(m.final_layer)
+    ref = draw(m, steps=4)
+    draw(m, policy, steps=4)
+    assert "run_blocks" not in vars(m) and "forward" not in vars(m.final_layer)
+    torch.testing.assert_close(draw(m, steps=4), ref, atol=0, rtol=0)
