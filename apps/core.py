@@ -32,8 +32,8 @@ def run_sample(classes: list[str], per_class: float, steps: float, guidance: flo
 
 def build_page() -> None:
     """The page's components, created inside the caller's Blocks context."""
-    gr.Markdown("## DiT engine demo\nA tiny class-conditional DiT (flow matching, 1.3M parameters, 4x4-pixel patches) trained "
-                "here on synthetic 16x16 shapes. Pick classes and sample: one row per class.")
+    gr.Markdown("## DiT engine demo\nA tiny class-conditional DiT (flow matching, 1.3M parameters, "
+                "4x4-pixel patches) trained here on synthetic 16x16 shapes. Pick classes and sample: a row per class.")
     with gr.Row():
         with gr.Column(scale=1):
             classes = gr.CheckboxGroup(list(demo.CLASSES), value=list(demo.CLASSES), label="Classes")

@@ -52,8 +52,16 @@ def sample_cmd(
 def benchmark(
     quick: bool = typer.Option(False, help="Smaller sizes and fewer repeats (a minute or two)."),
     json_path: Path = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    accel: bool = typer.Option(False, "--accel", help="Benchmark caches, RAS and precision/compile instead "
+                               "(against the uncached sample and diffusers' cache hooks)."),
 ) -> None:
-    """Our DiT against diffusers' DiTTransformer2DModel at the same size, in one process."""
+    """Our DiT against diffusers' DiTTransformer2DModel at the same size, in one process; with --accel, the
+    sampling speed-ups and their quality cost."""
+    if accel:
+        from ditlab.core.accel import bench as accel_bench
+
+        accel_bench.main(quick=quick, json_path=json_path)
+        return
     from ditlab.core import bench
 
     bench.main(quick=quick, json_path=json_path)

@@ -1,0 +1,76 @@
+"""`dit_to_diffusers` and `ditlab core benchmark --accel` at a tiny size: parity, errors and the report schema."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ditlab.core.accel import bench
+from ditlab.core.models import DiT
+from ditlab.core.models.interop import dit_to_diffusers
+
+TINY = bench.AccelSize(steps=3, guidance=2.0, repeats=1, demo_batch=2, cache_batch=2, precision_batch=2, ras_batch=2,
+                       ras_train_steps=1, ras_train_batch=1, compile=False, fora=(2,), delta_dit=(2,),
+                       taylor=((2, 1),), fbc=(0.1,), ras_ratios=(0.5,))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops on two threads crawl when other jobs hold the cores; one thread keeps the test fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_dit(seed: int = 0, **overrides) -> DiT:
+    """A diffusers-expressible 2-block DiT over 1 x 8 x 8 images with every weight perturbed (non-zero output)."""
+    torch.manual_seed(seed)
+    kw = dict(token_kind="2d", in_channels=1, input_size=[8, 8], patch_size=2, hidden_size=32, depth=2, num_heads=2,
+              num_classes=4, time_freq_shift=1.0, mlp_norm_eps=1e-5)
+    model = DiT(**{**kw, **overrides})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("overrides", [{}, {"qkv_bias": False, "mlp_norm_eps": None}])
+def test_dit_to_diffusers_round_trip_keeps_the_outputs(one_thread, overrides):
+    ours = tiny_dit(**overrides)
+    theirs = dit_to_diffusers(ours)
+    back = DiT.from_diffusers(theirs).eval()
+    x, t, y = torch.randn(3, 1, 8, 8), torch.tensor([1.0, 500.0, 999.0]), torch.tensor([0, 3, 4])
+    expected = ours(x, t, y)
+    assert (theirs(x, timestep=t, class_labels=y).sample - expected).abs().max() <= 1e-5
+    assert (back(x, t, y) - expected).abs().max() <= 1e-5
+    assert back.cfg.qkv_bias == ours.cfg.qkv_bias
+
+
+@pytest.mark.parametrize("field, value", [("pos_embed", "rope"), ("qk_norm", True), ("num_classes", 0),
+                                          ("time_freq_shift", 0.0), ("mlp_ratio", 2.0), ("learn_sigma", True)])
+def test_dit_to_diffusers_names_the_field_diffusers_cannot_express(field, value):
+    with pytest.raises(ValueError, match=rf"{field}={value!r}"):
+        dit_to_diffusers(tiny_dit(**{field: value}))
+
+
+def test_accel_benchmark_writes_the_report_schema(tmp_path, one_thread):
+    subjects = bench.Subjects(demo=tiny_dit(1), shapes32=tiny_dit(2), ras=tiny_dit(3), ras_note="tiny")
+    out = tmp_path / "accel.json"
+    printed = []
+    bench.run(TINY, out, subjects=subjects, echo=printed.append)
+    report = json.loads(out.read_text())
+
+    assert set(report) == {"machine", "date", "command", "rows", "goals"}
+    assert report["rows"] and all(set(r) == {"task", "method", "metric", "value"} for r in report["rows"])
+    assert all(math.isfinite(r["value"]) for r in report["rows"])
+    assert report["goals"] and all(set(g) == {"name", "target", "value", "met"} for g in report["goals"])
+    methods = {r["method"] for r in report["rows"]}
+    assert {"uncached", "diffusers uncached", "diffusers fp32 eager", "RegionAdaptive(ratio=0.5)"} <= methods
+    assert any(m.startswith("diffusers FirstBlockCache") for m in methods)
+    same = [r["value"] for r in report["rows"]
+            if r["method"] == "diffusers uncached" and r["metric"] == "PSNR vs ditlab uncached (dB)"]
+    assert same and same[0] > 60  # identical weights: the two engines agree to fp32 rounding
+    assert "| method |" in printed[0] and list(tmp_path.iterdir()) == [out]
