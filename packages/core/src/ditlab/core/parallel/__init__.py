@@ -53,8 +53,10 @@ def run_distributed(fn: Callable[..., Any], world_size: int = 2, backend: str = 
                     start_method: str = "spawn") -> list[Any]:
     """Run `fn(*args)` in `world_size` processes joined in one process group on 127.0.0.1 and return their
     results in rank order; a failure on any rank stops all of them and is raised here. With "spawn" (safe
-    everywhere, needed for CUDA) `fn` must be importable by name; "fork" (Linux, CPU) skips re-importing."""
+    everywhere, needed for CUDA) `fn` must be importable by name; "fork" (Linux, CPU) skips re-importing.
+    Results must be tensors and plain containers (they travel through `torch.load(weights_only=True)`)."""
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(_worker, args=(fn, args, world_size, backend, _free_port(), out_dir), nprocs=world_size,
                            start_method=start_method)
-        return [torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False) for r in range(world_size)]
+        # results are tensors and plain containers: load them without unpickling arbitrary objects
+        return [torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=True) for r in range(world_size)]
