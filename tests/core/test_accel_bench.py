@@ -15,15 +15,6 @@ TINY = bench.AccelSize(steps=3, guidance=2.0, repeats=1, demo_batch=2, cache_bat
                        taylor=((2, 1),), fbc=(0.1,), ras_ratios=(0.5,))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops on two threads crawl when other jobs hold the cores; one thread keeps the test fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_dit(seed: int = 0, **overrides) -> DiT:
     """A diffusers-expressible 2-block DiT over 1 x 8 x 8 images with every weight perturbed (non-zero output)."""
     torch.manual_seed(seed)

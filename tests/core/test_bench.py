@@ -3,22 +3,12 @@
 import json
 import math
 
-import pytest
 import torch
 
 from ditlab.core import bench
 
 TINY = bench.BenchSize(depth=2, num_heads=2, head_dim=16, latent=8, train_batch=2, infer_batch=2,
                        warmup=1, repeats=1)
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny ops on two threads crawl when other jobs hold the cores; one thread keeps the test fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_benchmark_writes_the_report_schema(tmp_path, monkeypatch, one_thread):

@@ -11,13 +11,7 @@ from ditlab.core.models import DiT
 LABELS = {"class_labels": torch.tensor([0, 1])}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: a second thread only adds synchronisation (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(smooth: bool = False) -> DiT:
