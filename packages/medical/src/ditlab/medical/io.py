@@ -185,3 +185,62 @@ def save_volume(volume: Volume, path: str | Path) -> Path:
     atomic_write(path, lambda p: p.write_bytes(gzip.compress(raw, compresslevel=4, mtime=0)
                                                if _suffix(path) == ".nii.gz" else raw))
     return path
+
+
+MEASUREMENT_SUFFIX = ".npz"
+
+
+def save_measurement(meas, path: str | Path) -> Path:
+    """Write a `reconstruct.Measurement` as `.npz` (numpy arrays only, no pickle), atomically."""
+    import json
+
+    path = Path(path)
+    if path.suffix.lower() != MEASUREMENT_SUFFIX:
+        raise VolumeError(f"{path}: measurements are written as {MEASUREMENT_SUFFIX}, got {path.suffix!r}")
+    y = meas.y.detach().cpu().numpy()
+    meta = {"acquisition": meas.acquisition.to_dict(), "shape": list(meas.shape), "noise": meas.noise,
+            "seed": meas.seed, "source": meas.source, "format": "ditlab.medical.measurement/1"}
+    arrays = {"y": y, "affine": np.asarray(meas.affine, np.float64), "meta": np.array(json.dumps(meta))}
+    if meas.original_affine is not None:
+        arrays["original_affine"] = np.asarray(meas.original_affine, np.float64)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+    return path
+
+
+def load_measurement(path: str | Path):
+    """Read a measurement file written by `save_measurement` (or `ditlab medical simulate`)."""
+    import json
+
+    import torch
+
+    from ditlab.medical.reconstruct import Acquisition, Measurement
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such measurement file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays["meta"]))
+        acq = Acquisition(**{k: tuple(v) if k == "angles" and v is not None else v
+                             for k, v in meta["acquisition"].items()})
+        meas = Measurement(torch.from_numpy(arrays["y"]), acq, tuple(int(n) for n in meta["shape"]),
+                           _check_affine(arrays["affine"], str(path)),
+                           arrays.get("original_affine"), float(meta["noise"]), int(meta["seed"]),
+                           str(meta.get("source", path)))
+    except (KeyError, ValueError, OSError, EOFError, TypeError) as e:
+        raise VolumeError(f"{path}: not a readable ditlab measurement file ({e}); expected one written by "
+                          "`ditlab medical simulate`") from e
+    _check_shape(meas.shape, str(path))
+    expected = (meas.shape[2], *meas.operator.shape)
+    if tuple(meas.y.shape) != expected:
+        raise VolumeError(f"{path}: measurements have shape {tuple(meas.y.shape)}, expected {expected} for "
+                          f"{meas.acquisition.describe()} of a {meas.shape} volume")
+    if not torch.isfinite(torch.view_as_real(meas.y) if meas.y.is_complex() else meas.y).all():
+        raise VolumeError(f"{path}: measurements contain NaN or Inf; expected finite values")
+    return meas

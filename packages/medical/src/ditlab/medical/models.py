@@ -1,0 +1,102 @@
+"""The slice prior: a 2D DiT over axial CT slices, and the denoiser the solvers call.
+
+The prior is trained on 64 x 64 crops of 128 x 128 phantom slices (and on whole 64 x 64 slices of the
+quick-size phantoms) with axial RoPE and window attention in every block: a window of 16 x 16 tokens
+(64 x 64 pixels) is exactly a training crop, so a slice of any size that is a multiple of 64 pixels is
+handled at the context the model was trained on. Window borders are hidden by rolling the slice by a
+random offset at every call (`SlicePrior.x0`), and other sizes are padded with air.
+
+Units: the network sees slices in [-1, 1] (`2 * hu_to_unit(hu) - 1`); the solvers work in window units
+[0, 1] (the operators' units), and `SlicePrior` converts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ditlab.core.diffusion import FlowMatching
+from ditlab.core.models import DiT
+
+PRIOR_NAME = "ct-prior"
+TILE = 64  # pixels per window side: patch 4 x window 16
+PATH = FlowMatching(t_sampling="logit_normal", logit_mean=-0.4, logit_std=1.2)
+"""x_t = (1 - t) x0 + t eps, velocity target; t weighted towards the low-noise half the solvers use most."""
+
+
+def prior_model(hidden: int = 192, depth: int = 6, heads: int = 3) -> DiT:
+    """The prior's architecture (4.1M parameters at the default size)."""
+    return DiT(token_kind="2d", in_channels=1, input_size=[TILE, TILE], patch_size=4, hidden_size=hidden,
+               depth=depth, num_heads=heads, pos_embed="rope", window_size=TILE // 4,
+               window_blocks=list(range(depth)))
+
+
+def load_prior(weights: str | Path | None = None, device: str | torch.device = "cpu") -> DiT:
+    """The packaged CT slice prior (sha256-verified), or a weights folder (`config.json` + safetensors)."""
+    from ditlab.core.weights import load_model
+
+    model = load_model(DiT, weights or PRIOR_NAME, package="ditlab.medical", device=device)
+    return model.float().eval()
+
+
+class SlicePrior:
+    """Clean-slice estimates x0_hat(x_t, t) from a trained prior, in window units [0, 1].
+
+    `x0(x_t, t)` takes noisy slices (B, H, W) on the flow path of the [-1, 1] data (x_t = (1-t) x + t eps),
+    pads them with air to a multiple of 64 pixels, rolls them by a random multiple of the patch size (so
+    window borders move between calls), runs the network in chunks of `batch` slices, and returns Tweedie's
+    estimate in [0, 1]. `calls` counts network evaluations per slice (NFE).
+    """
+
+    def __init__(self, model: DiT, batch: int = 16, generator: torch.Generator | None = None,
+                 shift_windows: bool = True) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.model, self.batch, self.shift_windows = model, int(batch), shift_windows
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.patch = int(model.dit_config.patch[0])
+        self.calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def velocity(self, x_t: torch.Tensor, t: float, grad: bool = False) -> torch.Tensor:
+        """The network's velocity for slices (B, H, W) on the [-1, 1] path at time t in [0, 1] (with autograd
+        through the network when `grad`)."""
+        with torch.set_grad_enabled(grad):
+            return self._velocity(x_t, t)
+
+    def _velocity(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        b, h, w = x_t.shape
+        ph, pw = (-h) % TILE, (-w) % TILE
+        x = x_t[:, None]
+        if ph or pw:  # pad with air on the path: -(1 - t) + t * eps
+            x = -(1 - t) + t * torch.randn((b, 1, h + ph, w + pw), generator=self.generator)
+            x[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w] = x_t[:, None]
+        if self.shift_windows:
+            dy, dx = (int(v) * self.patch for v in torch.randint(0, TILE // self.patch, (2,), generator=self.generator))
+            x = torch.roll(x, (dy, dx), dims=(2, 3))
+        tt = PATH.model_time(torch.tensor([float(t)]))
+        out = torch.cat([self.model(c.to(self.device), tt.expand(len(c)).to(self.device)).float().cpu()
+                         for c in x.split(self.batch)])
+        if self.shift_windows:
+            out = torch.roll(out, (-dy, -dx), dims=(2, 3))
+        self.calls += 1
+        return out[:, 0, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+    @torch.no_grad()
+    def x0(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+        """Tweedie's clean estimate in window units [0, 1] for slices x_t (B, H, W) on the [-1, 1] path."""
+        v = self.velocity(x_t, t)
+        return (x_t - t * v + 1) / 2
+
+    @staticmethod
+    def to_path(x_unit: torch.Tensor, t: float, noise: torch.Tensor) -> torch.Tensor:
+        """Put clean slices in [0, 1] on the path at time t with the given noise: (1 - t)(2x - 1) + t eps."""
+        return (1 - t) * (2 * x_unit - 1) + t * noise
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,467 @@
+"""Reconstruction: the DiT-prior solvers (DDS, DPS, RED-diff), the classical methods, and volumes in and out.
+
+Everything works on stacks of axial slices (Z, H, W) in window units [0, 1] with per-slice measurements
+y (Z, ...) of an operator (`operators`); the prior sees slices on the flow path of [-1, 1] data
+(`models.SlicePrior`). Data terms are normalised by ||A||^2, as in `baselines`, so weights keep their
+scale across view counts and sizes.
+
+- `dds`: decomposed diffusion sampling. Each step takes Tweedie's x0_hat from the prior, then a few
+  warm-started CG steps of data consistency, then re-noises to the next time with a DDIM-like mix of the
+  predicted and fresh noise (`eta`). With `tv_weight > 0` the data step is DiffusionMBIR's ADMM with TV
+  along z (and, with `tv_inplane > 0`, in-plane too), its split variables kept across steps. `t_start < 1`
+  starts from a noised classical reconstruction instead of pure noise (fewer steps, the prior refines).
+- `dps`: diffusion posterior sampling: the gradient of ||y - A x0_hat(x_t)|| through the network.
+- `reddiff`: RED-diff: Adam on the image mu with the data term plus the prior's score-matching term
+  w_t <sg(eps_hat - eps), mu>.
+
+Volumes of any depth run in slabs of `slab` slices (z-coupling inside a slab), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ditlab.medical.baselines import _grad, _grad_adjoint, fbp, op_norm, sirt, tv_admm_3d, tv_pdhg_2d
+from ditlab.medical.data import HU_WINDOW
+from ditlab.medical.io import Volume, spacing_of, validate_volume
+from ditlab.medical.metrics import data_residual, per_plane, psnr, ssim, ssim3d
+from ditlab.medical.operators import (
+    MRI,
+    FanBeam,
+    Operator,
+    ParallelBeam,
+    mri_mask,
+    simulate,
+    slices_to_volume,
+    volume_to_slices,
+)
+
+TASKS = ("sparse-view", "limited-angle", "mri")
+METHODS = ("dds", "dps", "reddiff", "fbp", "sirt", "tv", "tv3d")
+DIT_METHODS = ("dds", "dps", "reddiff")
+GEOMETRIES = ("parallel", "fan")
+Progress = Callable[[int, int], None] | None
+Tick = Callable[[], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Acquisitions
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Acquisition:
+    """What was measured: sparse-view or limited-angle CT (parallel or fan beam), or Cartesian MRI."""
+
+    task: str = "sparse-view"
+    views: int = 8
+    angles: tuple[float, float] | None = None  # degrees; limited-angle default (0, 90)
+    accel: float = 4.0
+    mask: str = "uniform1d"
+    geometry: str = "parallel"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"unknown geometry {self.geometry!r}; expected one of {GEOMETRIES}")
+        if self.task == "mri":
+            if not (isinstance(self.accel, int | float) and self.accel >= 1):
+                raise ValueError(f"MRI acceleration must be >= 1, got {self.accel}")
+        else:
+            if int(self.views) != self.views or self.views < 2:
+                raise ValueError(f"views must be an integer >= 2, got {self.views}")
+            self.views = int(self.views)
+            if self.task == "limited-angle" and self.angles is None:
+                self.angles = (0.0, 90.0)
+            if self.angles is not None:
+                a = tuple(float(v) for v in self.angles)
+                if len(a) != 2 or not 0 < a[1] - a[0] <= 360:
+                    raise ValueError(f"angles must be (start_deg, end_deg) with 0 < end - start <= 360, "
+                                     f"got {self.angles}")
+                self.angles = a
+
+    def operator(self, size: tuple[int, int], seed: int = 0) -> Operator:
+        h, w = (int(n) for n in size)
+        if self.task == "mri":
+            return MRI(mri_mask((h, w), self.accel, self.mask, seed=seed))
+        if h != w:
+            raise ValueError(f"CT needs square slices, got {h} x {w}")
+        cls = ParallelBeam if self.geometry == "parallel" else FanBeam
+        return cls(self.views, h, angles=self.angles)
+
+    def describe(self) -> str:
+        if self.task == "mri":
+            return f"MRI x{self.accel:g} ({self.mask})"
+        span = "" if self.angles is None else f", {self.angles[0]:g}-{self.angles[1]:g} deg"
+        return f"CT {self.task} {self.views} views ({self.geometry}{span})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings: the defaults were chosen on validation phantoms (seed 100) by `ditlab medical benchmark --tune`
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    """Knobs of every method; `defaults(task)` gives the tuned ones."""
+
+    steps: int = 50  # NFE of the DiT methods
+    t_start: float = 1.0  # DDS/DPS start time (1 = pure noise; < 1 = noised classical reconstruction)
+    init: str = "tv"  # what t_start < 1 (and RED-diff) starts from: "tv" | "fbp" | "zero"
+    eta: float = 0.85  # DDIM-like stochasticity of the re-noising
+    cg_iters: int = 5  # data-consistency CG steps per DDS step
+    gamma: float = 0.0  # DDS: weight of ||x - x0_hat||^2 in the data step (0: DDS's early-stopped CG)
+    tv_weight: float = 0.0  # DDS: lam of the TV term of the data step (0: plain CG)
+    tv_inplane: float = 0.0  # DDS: in-plane TV weight relative to z (0: z only, DiffusionMBIR)
+    rho: float = 0.0  # ADMM penalty of the TV data step (0: 10 * tv_weight)
+    zeta: float = 1.0  # DPS step size
+    reddiff_lambda: float = 0.25  # RED-diff prior weight
+    reddiff_lr: float = 0.05  # RED-diff Adam learning rate
+    tv_lambda: float = 3e-4  # the TV baseline's lam (and the DDS init's)
+    tv_iters: int = 300
+    tv3d_iters: int = 60
+    sirt_iters: int = 200
+    fbp_filter: str = "hann"
+    slab: int = 32  # slices reconstructed together (z-coupling inside a slab)
+    batch: int = 16  # slices per network call
+    z_weight: float = 1.0  # z differences' weight in TV (slice spacing is folded in by the caller if wanted)
+
+    def replace(self, **kw) -> Settings:
+        unknown = set(kw) - set(asdict(self))
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}; expected some of {sorted(asdict(self))}")
+        return Settings(**{**asdict(self), **kw})
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0 < self.t_start <= 1:
+            raise ValueError(f"t_start must lie in (0, 1], got {self.t_start}")
+        if self.init not in ("tv", "fbp", "zero"):
+            raise ValueError(f"init must be 'tv', 'fbp' or 'zero', got {self.init!r}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+        if self.slab < 1 or self.batch < 1:
+            raise ValueError(f"slab and batch must be >= 1, got {self.slab}, {self.batch}")
+
+
+TUNED: dict[str, dict] = {
+    "sparse-view": {},
+    "limited-angle": {},
+    "mri": {"tv_lambda": 3e-3, "init": "zero"},
+}
+
+
+def defaults(task: str) -> Settings:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    return Settings().replace(**TUNED[task])
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces shared by the solvers
+# ----------------------------------------------------------------------------------------------
+
+def _times(steps: int, t_start: float) -> list[float]:
+    return [t_start * (1 - i / steps) for i in range(steps + 1)]
+
+
+def _init(y: torch.Tensor, op: Operator, s: Settings) -> torch.Tensor:
+    if s.init == "zero":
+        return op.adjoint(y).clamp(0, 1) if isinstance(op, MRI) else torch.zeros(y.shape[0], *op.image_shape)
+    if s.init == "fbp":
+        return (op.adjoint(y) if isinstance(op, MRI) else fbp(y, op, s.fbp_filter)).clamp(0, 1)
+    return tv_pdhg_2d(y, op, s.tv_lambda, s.tv_iters).clamp(0, 1)
+
+
+class _DataStep:
+    """argmin_x (1 / 2||A||^2) ||A x - y||^2 + (gamma / 2) ||x - x0||^2 [+ lam ||D x||_{2,1}] from x0.
+
+    Without TV: `cg_iters` CG steps on the normal equations, warm-started at x0 (DDS). With TV: one ADMM
+    round (CG x-step, shrinkage, dual update) whose split variables persist across calls (DiffusionMBIR).
+    """
+
+    def __init__(self, y: torch.Tensor, op: Operator, s: Settings) -> None:
+        self.y, self.op, self.s = y, op, s
+        self.scale2 = op_norm(op) ** 2
+        self.rhs_data = op.adjoint(y) / self.scale2
+        n = y.shape[0]
+        self.dims: tuple[int, ...] = ()
+        self.w: tuple[float, ...] = ()
+        if s.tv_weight > 0:
+            if n > 1:
+                self.dims, self.w = (0,), (s.z_weight,)
+            if s.tv_inplane > 0:
+                self.dims, self.w = (*self.dims, 1, 2), (*self.w, s.tv_inplane, s.tv_inplane)
+        self.rho = (s.rho or 10 * s.tv_weight) if self.dims else 0.0
+        self.z = self.u = None
+
+    def normal(self, v: torch.Tensor) -> torch.Tensor:
+        out = self.op.adjoint(self.op.forward(v)) / self.scale2
+        if self.s.gamma:
+            out = out + self.s.gamma * v
+        if self.rho:
+            out = out + self.rho * _grad_adjoint(_grad(v, self.dims, self.w), self.dims, self.w)
+        return out
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        b = self.rhs_data + self.s.gamma * x0 if self.s.gamma else self.rhs_data
+        if self.rho:
+            if self.z is None:
+                self.z = _grad(x0, self.dims, self.w)
+                self.u = torch.zeros_like(self.z)
+            b = b + self.rho * _grad_adjoint(self.z - self.u, self.dims, self.w)
+        x = _cg(self.normal, b, x0, self.s.cg_iters)
+        if self.rho:
+            g = _grad(x, self.dims, self.w) + self.u
+            self.z = g * (1 - (self.s.tv_weight / self.rho) / g.norm(dim=0, keepdim=True).clamp(min=1e-12)).clamp(min=0)
+            self.u = g - self.z
+        return x
+
+
+def _cg(normal: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
+    """`iters` conjugate-gradient steps on normal(x) = b from x; slices are solved jointly (one scalar per step)."""
+    r = b - normal(x)
+    d, rr = r.clone(), (r * r).sum()
+    for _ in range(iters):
+        if rr <= 1e-20:
+            break
+        Ad = normal(d)
+        alpha = rr / (d * Ad).sum().clamp(min=1e-30)
+        x, r = x + alpha * d, r - alpha * Ad
+        rr_new = (r * r).sum()
+        d, rr = r + (rr_new / rr.clamp(min=1e-30)) * d, rr_new
+    return x
+
+
+def _renoise(x_unit: torch.Tensor, eps_hat: torch.Tensor, t_next: float, eta: float,
+             g: torch.Generator) -> torch.Tensor:
+    """The path point at t_next of clean slices x (in [0, 1]) with a DDIM-like mix of predicted and fresh noise."""
+    noise = math.sqrt(1 - eta ** 2) * eps_hat + eta * torch.randn(x_unit.shape, generator=g)
+    return (1 - t_next) * (2 * x_unit - 1) + t_next * noise
+
+
+# ----------------------------------------------------------------------------------------------
+# The DiT-prior solvers (one slab of slices each)
+# ----------------------------------------------------------------------------------------------
+
+def dds(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick) -> torch.Tensor:
+    """Decomposed diffusion sampling with an optional DiffusionMBIR TV data step; returns slices in [0, 1]."""
+    n = y.shape[0]
+    times = _times(s.steps, s.t_start)
+    noise = torch.randn(n, *op.image_shape, generator=g)
+    x_t = noise if s.t_start >= 1 else prior.to_path(_init(y, op, s), times[0], noise)
+    step = _DataStep(y, op, s)
+    x = None
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
+        x0 = prior.x0(x_t, t).clamp(0, 1)
+        x = step(x0).clamp(min=0)
+        tick()
+        if t_next > 0:
+            eps_hat = (x_t - (1 - t) * (2 * x0 - 1)) / t
+            x_t = _renoise(x.clamp(max=1), eps_hat, t_next, s.eta, g)
+    return x
+
+
+def dps(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick) -> torch.Tensor:
+    """Diffusion posterior sampling: x_t moves against grad_x_t ||y - A x0_hat(x_t)|| (through the network)."""
+    n = y.shape[0]
+    times = _times(s.steps, s.t_start)
+    scale = op_norm(op)
+    noise = torch.randn(n, *op.image_shape, generator=g)
+    x_t = noise if s.t_start >= 1 else prior.to_path(_init(y, op, s), times[0], noise)
+    x0 = None
+    for t, t_next in zip(times[:-1], times[1:], strict=True):
+        x_t = x_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            v = prior.velocity(x_t, t, grad=True)
+            x0p = x_t - t * v  # [-1, 1] units
+            res = (op.forward((x0p + 1) / 2) - y) / scale
+            norms = res.abs().flatten(1).norm(dim=1)
+            grad, = torch.autograd.grad(norms.sum(), x_t)
+        tick()
+        x0 = ((x0p.detach() + 1) / 2).clamp(0, 1)
+        if t_next > 0:
+            eps_hat = (x_t.detach() - (1 - t) * x0p.detach()) / t
+            x_t = _renoise(x0, eps_hat, t_next, s.eta, g) - s.zeta * grad
+    return x0.clamp(min=0)
+
+
+def reddiff(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick) -> torch.Tensor:
+    """RED-diff: Adam on mu of 0.5 ||A mu - y||^2 / ||A||^2 + lambda w_t <sg(eps_hat - eps), mu>, t from 1 to 0."""
+    scale2 = op_norm(op) ** 2
+    mu = _init(y, op, s).clone().requires_grad_(True)
+    opt = torch.optim.Adam([mu], lr=s.reddiff_lr)
+    times = [1 - (i + 0.5) / s.steps for i in range(s.steps)]
+    weights = [t / max(1 - t, 1e-3) for t in times]  # sigma_t / alpha_t, ~ 1 / sqrt(SNR)
+    mean_w = sum(weights) / len(weights)
+    for t, w in zip(times, weights, strict=True):
+        eps = torch.randn(mu.shape, generator=g)
+        with torch.no_grad():
+            x_t = prior.to_path(mu.detach().clamp(0, 1), t, eps)
+            eps_hat = x_t + (1 - t) * prior.velocity(x_t, t)  # v = eps - x0, x_t = x0 + t v
+        tick()
+        with torch.enable_grad():
+            data = 0.5 * ((op.forward(mu) - y).abs() ** 2).sum() / scale2
+            reg = (w / mean_w) * ((eps_hat - eps) * mu).sum()
+            loss = data + s.reddiff_lambda * reg
+            opt.zero_grad()
+            loss.backward()
+        opt.step()
+        with torch.no_grad():
+            mu.clamp_(0, 1)
+    return mu.detach()
+
+
+SOLVERS = {"dds": dds, "dps": dps, "reddiff": reddiff}
+
+
+# ----------------------------------------------------------------------------------------------
+# The entry points
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    """A reconstruction: slices (Z, H, W) in window units, and how it was made."""
+
+    slices: torch.Tensor
+    method: str
+    seconds: float
+    nfe: int
+    settings: dict = field(default_factory=dict)
+
+
+def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Settings | None = None,
+                prior=None, seed: int = 0, progress: Progress = None, cache=None) -> Result:
+    """Reconstruct slices (Z, H, W) in window units from measurements y (Z, ...) of `op`.
+
+    `method` is one of `METHODS`. The DiT methods use `prior` (a `SlicePrior`, or None for the packaged
+    ct-prior), run slab by slab, and report NFE per slice; `cache` (a `ditlab.core.accel` policy) reuses
+    transformer features across the steps of each slab. `progress(done, total)` is called after each step.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    s = settings or Settings()
+    s.check()
+    if y.ndim != 3:
+        raise ValueError(f"expected measurements (slices, ...) with 3 dimensions, got shape {tuple(y.shape)}")
+    t0 = time.perf_counter()
+    n = y.shape[0]
+    if method not in DIT_METHODS:
+        if method in ("fbp", "sirt") and isinstance(op, MRI):
+            raise ValueError(f"{method} is a CT method; for MRI use 'tv' (TV-CS), 'dds', 'dps' or 'reddiff'")
+        out = []
+        slabs = range(0, n, s.slab)
+        for k, i in enumerate(slabs):
+            yi = y[i:i + s.slab]
+            if method == "fbp":
+                out.append(fbp(yi, op, s.fbp_filter))
+            elif method == "sirt":
+                out.append(sirt(yi, op, s.sirt_iters))
+            elif method == "tv3d" and len(yi) > 1:
+                out.append(tv_admm_3d(yi, op, s.tv_lambda, s.tv3d_iters, z_weight=s.z_weight))
+            else:
+                out.append(tv_pdhg_2d(yi, op, s.tv_lambda, s.tv_iters))
+            if progress:
+                progress(k + 1, len(slabs))
+        return Result(torch.cat(out), method, time.perf_counter() - t0, 0, asdict(s))
+    if prior is None:
+        from ditlab.medical.models import SlicePrior, load_prior
+
+        prior = SlicePrior(load_prior(), batch=s.batch, generator=torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    total = s.steps * math.ceil(n / s.slab)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    calls0 = prior.calls
+    out = []
+    for i in range(0, n, s.slab):
+        if cache is not None:
+            with cache.attach(prior.model, s.steps):
+                out.append(SOLVERS[method](y[i:i + s.slab], op, prior, s, g, tick))
+        else:
+            out.append(SOLVERS[method](y[i:i + s.slab], op, prior, s, g, tick))
+    nfe = (prior.calls - calls0) // max(1, math.ceil(n / s.slab))
+    return Result(torch.cat(out), method, time.perf_counter() - t0, nfe, asdict(s))
+
+
+# ----------------------------------------------------------------------------------------------
+# Volumes: simulate an acquisition of a volume, reconstruct it, score it
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Measurement:
+    """Measurements of a volume's axial slices, with what is needed to write the reconstruction back."""
+
+    y: torch.Tensor  # (Z, ...) sinograms or k-space
+    acquisition: Acquisition
+    shape: tuple[int, int, int]  # (X, Y, Z) of the volume, RAS
+    affine: np.ndarray  # RAS affine of the volume
+    original_affine: np.ndarray | None = None
+    noise: float = 0.0
+    seed: int = 0
+    source: str = ""
+
+    @property
+    def operator(self) -> Operator:
+        return self.acquisition.operator(self.shape[:2], seed=self.seed)
+
+
+def simulate_volume(volume: Volume | np.ndarray, acquisition: Acquisition, noise: float = 0.01, seed: int = 0,
+                    upsample: int = 2) -> Measurement:
+    """Measure a volume (a `Volume` or an (X, Y, Z) array in HU) with `acquisition`: simulated at `upsample`x
+    with Gaussian noise of `noise` x the RMS measurement (`operators.simulate`), so no inverse crime."""
+    from ditlab.medical.data import phantom_affine
+
+    if not isinstance(volume, Volume):
+        data = validate_volume(volume)
+        volume = Volume(data, phantom_affine(data.shape), (1.0, 1.0, 1.0), source="array")
+    x, yy, _ = volume.data.shape
+    if acquisition.task != "mri" and x != yy:
+        raise ValueError(f"CT needs square axial slices, the volume is {x} x {yy} in-plane")
+    op = acquisition.operator((x, yy), seed=seed)
+    y, _ = simulate(volume.data, op, noise=noise, seed=seed, upsample=upsample)
+    return Measurement(y, acquisition, tuple(volume.data.shape), volume.affine, volume.original_affine, noise,
+                       seed, volume.source)
+
+
+def reconstruct_volume(meas: Measurement, method: str = "dds", settings: Settings | None = None, prior=None,
+                       seed: int = 0, progress: Progress = None, cache=None) -> tuple[Volume, Result]:
+    """Reconstruct a measured volume: a `Volume` in HU with the measured volume's affine and orientation."""
+    s = settings or defaults(meas.acquisition.task)
+    res = reconstruct(meas.y, meas.operator, method, s, prior=prior, seed=seed, progress=progress, cache=cache)
+    hu = slices_to_volume(res.slices)
+    return Volume(hu, meas.affine, spacing_of(meas.affine), source=f"{method} of {meas.source}",
+                  original_affine=meas.original_affine), res
+
+
+def evaluate(rec_hu: np.ndarray, ref_hu: np.ndarray, meas: Measurement | None = None,
+             result: Result | None = None, window: tuple[float, float] = HU_WINDOW) -> dict[str, float]:
+    """PSNR and SSIM per plane and their means, 3D SSIM (when every side >= 11), data residual, seconds, NFE."""
+    p, q = per_plane(rec_hu, ref_hu, psnr, window=window), per_plane(rec_hu, ref_hu, ssim, window=window) \
+        if min(rec_hu.shape) >= 11 else {}
+    out = {f"psnr_{k}": v for k, v in p.items()}
+    out["psnr"] = float(np.mean(list(p.values())))
+    if q:
+        out.update({f"ssim_{k}": v for k, v in q.items()})
+        out["ssim"] = float(np.mean(list(q.values())))
+        out["ssim3d"] = ssim3d(rec_hu, ref_hu, window=window)
+    if meas is not None:
+        x = volume_to_slices(np.clip(rec_hu, HU_WINDOW[0], None))
+        out["residual"] = data_residual(x, meas.operator, meas.y)
+    if result is not None:
+        out["seconds"], out["nfe"] = result.seconds, float(result.nfe)
+    return out

@@ -1,0 +1,202 @@
+"""The recipe that trains the shipped CT slice prior (`ditlab medical train`), in resumable chunks.
+
+Data: axial slices of procedural phantoms (`data.make_phantom`) from training seeds that never meet the
+validation (100+) and test (0+) seeds: 64 x 64 crops of 128 x 128 x 64 phantoms (random position and
+left-right flip) and whole slices of 64 x 64 x 32 phantoms, 3:1, in [-1, 1]. The phantoms come from a
+pool of 64 + 64 volumes that slides by 8 new seeds every 250 steps, so the data a step sees is a function
+of the step alone and a resumed run sees what an uninterrupted one would.
+
+Training runs for as long as it is let run and resumes from `out/checkpoint` (float32, with AdamW moments).
+Between sessions on different machines the run travels as one half-precision file of weights + EMA
+(`export_resume` / `import_resume`, committed at `packages/medical/training/`); AdamW moments restart then.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ditlab.core.diffusion import diffusion_loss
+from ditlab.core.weights import atomic_write, packaged_root, save_model
+from ditlab.medical.data import hu_to_unit, make_phantom
+from ditlab.medical.models import PATH, PRIOR_NAME, TILE, n_params, prior_model
+
+TRAIN_SEED, QUICK_SEED = 100_000, 200_000
+POOL, SLIDE, REFRESH = 64, 8, 250
+RECIPE = {"batch": 32, "quick_share": 0.25, "lr": 3e-4, "warmup": 200, "ema_decay": 0.999, "grad_clip": 1.0,
+          "mixed_precision": "bf16", "checkpoint_every": 100}
+RESUME_FILE = Path(__file__).resolve().parents[3] / "training" / f"{PRIOR_NAME}.resume.safetensors"
+
+
+class SliceData:
+    """`data(step, generator) -> {"x": (B, 1, 64, 64)}`: the training batches, a function of the step."""
+
+    def __init__(self, batch: int = RECIPE["batch"], quick_share: float = RECIPE["quick_share"],
+                 full_shape: tuple[int, int, int] = (128, 128, 64), quick_shape: tuple[int, int, int] = (64, 64, 32),
+                 pool: int = POOL) -> None:
+        self.batch, self.n_quick = batch, int(round(batch * quick_share))
+        self.full_shape, self.quick_shape, self.pool = full_shape, quick_shape, pool
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def _slices(self, kind: str, seed: int) -> np.ndarray:
+        key = (kind, seed)
+        if key not in self._cache:
+            shape = self.full_shape if kind == "full" else self.quick_shape
+            unit = hu_to_unit(np.moveaxis(make_phantom(shape, seed=seed), 2, 0))  # (Z, X, Y) in [0, 1]
+            keep = unit[(unit > 0.01).mean(axis=(1, 2)) >= 0.05]
+            self._cache[key] = (2 * keep - 1).astype(np.float32)
+        return self._cache[key]
+
+    def seeds(self, step: int, kind: str) -> list[int]:
+        base = (TRAIN_SEED if kind == "full" else QUICK_SEED) + SLIDE * (step // REFRESH)
+        return list(range(base, base + self.pool))
+
+    def __call__(self, step: int, generator: torch.Generator) -> dict:
+        live = {("full", s) for s in self.seeds(step, "full")} | {("quick", s) for s in self.seeds(step, "quick")}
+        for key in [k for k in self._cache if k not in live]:
+            del self._cache[key]
+        out = []
+        for i in range(self.batch):
+            kind = "quick" if i < self.n_quick else "full"
+            seeds = self.seeds(step, kind)
+            vol = self._slices(kind, seeds[int(torch.randint(len(seeds), (1,), generator=generator))])
+            sl = vol[int(torch.randint(len(vol), (1,), generator=generator))]
+            oy, ox = (int(torch.randint(sl.shape[a] - TILE + 1, (1,), generator=generator)) for a in (0, 1))
+            crop = torch.from_numpy(sl[oy:oy + TILE, ox:ox + TILE].copy())
+            if torch.rand((), generator=generator) < 0.5:
+                crop = crop.flip(0)  # X is left-right in RAS: a mirrored patient
+            out.append(crop)
+        return {"x": torch.stack(out)[:, None]}
+
+
+def prior_loss(model: torch.nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
+    return diffusion_loss(model, PATH, batch["x"], generator=generator)
+
+
+def import_resume(file: str | Path, out_dir: str | Path) -> Path | None:
+    """Unpack a committed resume file into `out_dir/checkpoint` unless a checkpoint is already there."""
+    file, folder = Path(file), Path(out_dir) / "checkpoint"
+    if folder.is_dir() or not file.is_file():
+        return None
+    tensors: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}}
+    with safe_open(str(file), framework="pt") as f:
+        state = json.loads(f.metadata()["state"])
+        for key in f.keys():
+            part, name = key.split(".", 1)
+            tensors[part][name] = f.get_tensor(name=key).float()
+    folder.mkdir(parents=True)
+    save_file(tensors["model"], str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(tensors["ema"], str(folder / "ema.safetensors"), metadata={"format": "pt"})
+    state["checkpoint_dtype"] = "float32"
+    (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    return folder
+
+
+def export_resume(out_dir: str | Path, file: str | Path = RESUME_FILE) -> Path:
+    """Pack `out_dir/checkpoint`'s weights + EMA into one float16 safetensors file (overwritten atomically)."""
+    from safetensors.torch import load_file
+
+    folder, file = Path(out_dir) / "checkpoint", Path(file)
+    if not (folder / "state.json").is_file():
+        raise FileNotFoundError(f"no checkpoint to export in {folder}")
+    tensors = {f"{part}.{k}": v.half().contiguous()
+               for part in ("model", "ema") for k, v in load_file(folder / f"{part}.safetensors").items()}
+    state = (folder / "state.json").read_text()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(file, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "state": state}))
+    return file
+
+
+def train_prior(out_dir: str | Path, steps: int, seed: int = 0, resume_file: str | Path | None = RESUME_FILE,
+                progress: bool = True, **overrides) -> dict:
+    """Train (or resume) the prior in `out_dir` up to `steps` optimizer steps in total; return the trainer's report."""
+    from ditlab.core.training import TrainConfig, Trainer
+
+    recipe = {**RECIPE, **overrides}
+    if resume_file is not None:
+        import_resume(resume_file, out_dir)
+    torch.manual_seed(seed)
+    model = prior_model()
+    cfg = TrainConfig(steps=steps, lr=recipe["lr"], warmup_steps=recipe["warmup"], grad_clip=recipe["grad_clip"],
+                      ema_decay=recipe["ema_decay"], mixed_precision=recipe["mixed_precision"], seed=seed,
+                      output_dir=str(out_dir), checkpoint_every=recipe["checkpoint_every"], progress=progress,
+                      log_every=25)
+    trainer = Trainer(model, prior_loss, SliceData(recipe["batch"], recipe["quick_share"]), cfg)
+    report = trainer.train()
+    return {**report, "params": n_params(model)}
+
+
+@torch.no_grad()
+def denoise_psnr(model: torch.nn.Module, ts: tuple[float, ...] = (0.05, 0.2, 0.5), n: int = 16,
+                 seed: int = 100) -> dict[float, float]:
+    """PSNR (dB, [-1000, 1000] HU window) of the one-step x0 estimate from x_t on validation slices."""
+    from ditlab.medical.models import SlicePrior
+
+    vol = hu_to_unit(np.moveaxis(make_phantom((128, 128, 64), seed=seed), 2, 0))
+    x = torch.from_numpy(vol[np.linspace(8, 56, n).astype(int)].astype(np.float32))
+    prior = SlicePrior(model.eval(), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    for t in ts:
+        x0 = prior.x0(SlicePrior.to_path(x, t, torch.randn(x.shape, generator=g)), t).clamp(0, 1)
+        mse = ((x0 - x) ** 2).mean(dim=(1, 2))
+        out[t] = float((10 * torch.log10(1 / mse)).mean())
+    return out
+
+
+MODEL_CARD = """# ct-prior: a 2D DiT prior over axial CT slices
+
+**What it is.** The prior of `ditlab.medical`'s DiT reconstructions (DDS, DPS, RED-diff): a DiT with
+{params:,} parameters (hidden 192, depth 6, 3 heads, patch 4, axial RoPE, 16 x 16-token window attention in
+every block), unconditional, over one-channel slices in [-1, 1] (HU window -1000..1000). Flow matching:
+x_t = (1 - t) x0 + t eps, velocity target, logit-normal t (mean -0.4, std 1.2). Slices of any size are
+handled in 64 x 64-pixel windows (padded with air to a multiple of 64; windows shifted at random per call).
+
+**Data.** Generated here, seeded, no external data: axial slices of `ditlab.medical.data.make_phantom`
+torso phantoms (ellipsoids with z-coherence, 3% smooth texture, low-contrast lesions), 64 x 64 crops of
+128 x 128 x 64 volumes and whole slices of 64 x 64 x 32 volumes, 3:1; training seeds from {train_seed} and
+{quick_seed} (validation seeds 100+, test seeds 0+ are never trained on).
+
+**Recipe.** `ditlab medical train` (`ditlab.medical.train`): AdamW lr {lr}, {warmup} warm-up steps, batch
+{batch}, grad clip {grad_clip}, EMA {ema_decay} (the EMA weights are shipped, float16), bf16 autocast,
+{steps} steps so far, {hours:.1f} h of training on a 2-core CPU (1 torch thread), in resumable chunks
+across sessions.
+
+**Metrics.** One-step denoising x0 PSNR on 16 validation slices (seed 100, 128 x 128):
+{denoise}. Reconstruction figures are in BENCHMARKS.md (`ditlab medical benchmark`).
+
+**Limits.** Trained only on synthetic phantoms: it knows their grammar (ellipses, texture, lesions), not
+real anatomy; on real scans expect it to be no better than the classical baselines, and check every result
+against them. CPU-trained for hours, not days: a weak prior by the field's standards.
+
+**Files.** `config.json` + `model.safetensors` (float16, sha256 in `../SHA256SUMS`).
+"""
+
+
+def package_prior(out_dir: str | Path) -> dict:
+    """Write the EMA weights of `out_dir/checkpoint` as the packaged `ct-prior` with its card and sha256."""
+    from ditlab.core.training import load_checkpoint
+
+    model = prior_model()
+    state = load_checkpoint(Path(out_dir) / "checkpoint", model, ema=True)
+    model.eval()
+    t0 = time.perf_counter()
+    den = denoise_psnr(model)
+    seconds = time.perf_counter() - t0
+    card = MODEL_CARD.format(
+        params=n_params(model), train_seed=TRAIN_SEED, quick_seed=QUICK_SEED, steps=state["step"],
+        hours=state.get("elapsed_s", 0) / 3600, denoise=", ".join(f"t={t}: {p:.1f} dB" for t, p in den.items()),
+        **{k: RECIPE[k] for k in ("lr", "warmup", "batch", "grad_clip", "ema_decay")})
+    root = packaged_root("ditlab.medical")
+    digest = save_model(model, root / PRIOR_NAME, card=card, dtype=torch.float16)
+    sums = root / "SHA256SUMS"
+    lines = [ln for ln in (sums.read_text().splitlines() if sums.exists() else [])
+             if not ln.endswith(f"{PRIOR_NAME}/model.safetensors")]
+    sums.write_text("\n".join([*lines, f"{digest}  {PRIOR_NAME}/model.safetensors"]) + "\n")
+    return {"step": state["step"], "sha256": digest, "denoise_psnr": den, "eval_seconds": seconds}
