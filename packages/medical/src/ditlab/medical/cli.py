@@ -1,4 +1,14 @@
-"""`ditlab medical`: the command-line entry of ditlab.medical."""
+"""`ditlab medical`: simulate acquisitions, reconstruct volumes (one or a folder), benchmark, train the prior.
+
+Errors in the inputs (not a 3D volume, NaN voxels, unreadable files, wrong extensions, absurd sizes, views < 2,
+acceleration < 1) raise ValueError / FileNotFoundError, which the `ditlab` root turns into a message and exit
+status 2; outputs are written atomically, so a failed run leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
@@ -6,13 +16,242 @@ from ditlab.medical import __version__
 
 app = typer.Typer(
     name="medical",
-    help="ditlab.medical: 3D CT and MRI reconstruction with a DiT prior.",
+    help="ditlab.medical: 3D CT and MRI reconstruction with a DiT prior (NIfTI / DICOM in, NIfTI out).",
     no_args_is_help=True,
     add_completion=False,
 )
 
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+CACHES = ("none", "taylorseer", "fora", "fbcache")
+
+
+def _acquisition(task: str, views: int, angles: str | None, accel: float, mask: str, geometry: str):
+    from ditlab.medical.reconstruct import Acquisition
+
+    span = None
+    if angles:
+        try:
+            span = tuple(float(v) for v in angles.split(","))
+        except ValueError as e:
+            raise ValueError(f"--angles must be 'START,END' in degrees (e.g. 0,90), got {angles!r}") from e
+        if len(span) != 2:
+            raise ValueError(f"--angles must be 'START,END' in degrees (e.g. 0,90), got {angles!r}")
+    return Acquisition(task, views, span, accel, mask, geometry)
+
+
+def _cache(name: str):
+    from ditlab.core.accel import FORA, FirstBlockCache, TaylorSeer
+
+    if name not in CACHES:
+        raise ValueError(f"unknown cache {name!r}; expected one of {CACHES}")
+    return {"none": None, "taylorseer": TaylorSeer(interval=2, order=1), "fora": FORA(interval=2),
+            "fbcache": FirstBlockCache(threshold=0.05)}[name]
+
+
+def _check_out(out: Path) -> None:
+    if not out.name.lower().endswith(VOLUME_SUFFIXES):
+        raise ValueError(f"--out must end with .nii or .nii.gz, got {out}")
+
+
+def _measure(path: Path, acq, noise: float, seed: int):
+    """A measurement file as it is, or a volume measured with `acq`: (Measurement, ground truth or None)."""
+    from ditlab.medical.io import load_measurement, load_volume
+    from ditlab.medical.reconstruct import simulate_volume
+
+    if path.suffix.lower() == ".npz":
+        return load_measurement(path), None
+    vol = load_volume(path)
+    return simulate_volume(vol, acq, noise=noise, seed=seed), vol.data
+
+
+class _Prior:
+    """The packaged prior (or --weights), loaded once when a DiT method first needs it."""
+
+    def __init__(self, weights: Path | None, seed: int) -> None:
+        self.weights, self.seed, self._prior = weights, seed, None
+
+    def __call__(self, method: str):
+        from ditlab.medical.reconstruct import DIT_METHODS
+
+        if method not in DIT_METHODS:
+            return None
+        if self._prior is None:
+            import torch
+
+            from ditlab.medical.models import SlicePrior, load_prior
+
+            self._prior = SlicePrior(load_prior(self.weights), generator=torch.Generator().manual_seed(self.seed))
+        return self._prior
+
 
 @app.command()
 def info() -> None:
-    """Print the package version and which of its features are available."""
-    typer.echo(f"ditlab-medical {__version__}: package installed; its tasks land with their own issues.")
+    """Print the package version, the tasks and methods, and the packaged prior."""
+    from ditlab.medical.reconstruct import METHODS, TASKS
+
+    typer.echo(f"ditlab-medical {__version__}")
+    typer.echo(f"tasks: {', '.join(TASKS)}; methods: {', '.join(METHODS)}")
+    typer.echo("prior: packaged 'ct-prior' (see its model card: python -c \"import ditlab.medical, pathlib; "
+               "print(pathlib.Path(ditlab.medical.__file__).parent / 'weights/ct-prior/README.md')\")")
+
+
+TASK_OPT = typer.Option("sparse-view", help="sparse-view | limited-angle | mri")
+VIEWS_OPT = typer.Option(8, help="CT views (>= 2).")
+ANGLES_OPT = typer.Option(None, help="CT angular range 'START,END' in degrees (limited-angle default 0,90).")
+ACCEL_OPT = typer.Option(4.0, help="MRI acceleration (>= 1).")
+MASK_OPT = typer.Option("uniform1d", help="MRI mask: uniform1d | gaussian1d | random1d | uniform2d | ...")
+GEOMETRY_OPT = typer.Option("parallel", help="CT geometry: parallel | fan")
+NOISE_OPT = typer.Option(0.01, help="Measurement noise, relative to the RMS measurement.")
+
+
+@app.command()
+def simulate(
+    volume: Path = typer.Argument(..., help="A NIfTI volume (.nii/.nii.gz) or a DICOM series folder, in HU."),
+    out: Path = typer.Option(..., help="Measurement file to write (.npz)."),
+    gt: Path = typer.Option(None, help="Ground-truth NIfTI to write (default: OUT with _gt.nii.gz)."),
+    task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
+    mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
+    seed: int = typer.Option(0, help="Seed of the noise (and of random MRI masks)."),
+) -> None:
+    """Measure a volume: sinograms or k-space (simulated at 2x, with noise) + the ground truth volume."""
+    from ditlab.medical.io import load_volume, save_measurement, save_volume
+    from ditlab.medical.reconstruct import simulate_volume
+
+    acq = _acquisition(task, views, angles, accel, mask, geometry)
+    if out.suffix.lower() != ".npz":
+        raise ValueError(f"--out must end with .npz, got {out}")
+    gt = gt or out.with_name(out.name[:-4] + "_gt.nii.gz")
+    _check_out(gt)
+    vol = load_volume(volume)
+    meas = simulate_volume(vol, acq, noise=noise, seed=seed)
+    save_volume(vol, gt)
+    save_measurement(meas, out)
+    typer.echo(f"{acq.describe()} of {volume} ({'x'.join(map(str, vol.data.shape))}): wrote {out} "
+               f"(measurements {tuple(meas.y.shape)}) and {gt}")
+
+
+@app.command()
+def reconstruct(
+    source: Path = typer.Argument(..., help="A volume (.nii/.nii.gz or DICOM folder) to measure and reconstruct, "
+                                   "or a measurement file (.npz) from `ditlab medical simulate`."),
+    out: Path = typer.Option(..., help="Reconstruction to write (.nii/.nii.gz; same affine and orientation)."),
+    method: str = typer.Option("dds", help="dds | dps | reddiff (DiT prior) | fbp | sirt | tv | tv3d"),
+    task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
+    mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
+    steps: int = typer.Option(None, help="NFE of the DiT methods (default: the tuned setting, <= 50)."),
+    cache: str = typer.Option("none", help=f"Feature cache for the DiT: {' | '.join(CACHES)}."),
+    weights: Path = typer.Option(None, help="A prior weights folder (config.json + safetensors) to use instead."),
+    seed: int = typer.Option(0),
+    metrics: Path = typer.Option(None, help="Also write the metrics as JSON here (volumes only: needs ground truth)."),
+) -> None:
+    """Reconstruct one volume. A volume input is measured first (--task ...) and scored against itself."""
+    from ditlab.core.weights import atomic_write
+    from ditlab.medical.io import save_volume
+    from ditlab.medical.reconstruct import defaults, evaluate, reconstruct_volume
+
+    _check_out(out)
+    acq = _acquisition(task, views, angles, accel, mask, geometry)
+    settings = defaults(acq.task)
+    if steps is not None:
+        settings = settings.replace(steps=steps)
+    settings.check()
+    policy = _cache(cache)
+    meas, truth = _measure(source, acq, noise, seed)
+    settings = defaults(meas.acquisition.task).replace(steps=settings.steps)
+    with typer.progressbar(length=1, label=f"{method} on {meas.acquisition.describe()}") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        vol, res = reconstruct_volume(meas, method, settings, prior=_Prior(weights, seed)(method), seed=seed,
+                                      progress=progress, cache=policy)
+    save_volume(vol, out)
+    figures = evaluate(vol.data, truth, meas, res) if truth is not None else {"seconds": res.seconds,
+                                                                              "nfe": float(res.nfe)}
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+    if metrics is not None:
+        atomic_write(metrics, lambda p: p.write_text(json.dumps(figures, indent=2) + "\n"))
+
+
+@app.command()
+def batch(
+    in_dir: Path = typer.Argument(..., help="Folder of volumes (.nii/.nii.gz, DICOM series sub-folders) or .npz."),
+    out_dir: Path = typer.Argument(..., help="Folder for <name>_<method>.nii.gz and manifest.jsonl."),
+    method: str = typer.Option("dds", help="dds | dps | reddiff | fbp | sirt | tv | tv3d"),
+    task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
+    mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
+    steps: int = typer.Option(None, help="NFE of the DiT methods (default: the tuned setting)."),
+    weights: Path = typer.Option(None, help="A prior weights folder to use instead of the packaged one."),
+    engine: str = typer.Option("local", help="local | ray"),
+    resume: bool = typer.Option(True, help="Skip inputs already done according to the manifest."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Reconstruct every volume of a folder; a failing file is recorded in the manifest and the batch goes on."""
+    from ditlab.core.batch import items_from_folder, run_batch
+    from ditlab.medical.io import save_volume
+    from ditlab.medical.reconstruct import METHODS, defaults, evaluate, reconstruct_volume
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    acq = _acquisition(task, views, angles, accel, mask, geometry)
+    base = defaults(acq.task)
+    steps = base.steps if steps is None else steps
+    base.replace(steps=steps).check()
+
+    def out_name(p: Path) -> str:
+        stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
+        return f"{stem}_{method}.nii.gz"
+
+    items = items_from_folder(in_dir, out_dir, (*VOLUME_SUFFIXES, ".npz"), out_name, include_dirs=True)
+    prior = _Prior(weights, seed)
+
+    def predict(item) -> dict:
+        meas, truth = _measure(Path(item.input), acq, noise, seed)
+        vol, res = reconstruct_volume(meas, method, defaults(meas.acquisition.task).replace(steps=steps),
+                                      prior=prior(method), seed=seed)
+        save_volume(vol, item.output)
+        return evaluate(vol.data, truth, meas, res) if truth is not None else {"nfe": res.nfe}
+
+    def echo(rec: dict) -> None:
+        status = "ok" if rec["status"] == "ok" else f"FAILED ({rec['error']})"
+        typer.echo(f"{rec['id']}: {status} in {rec['seconds']:.1f} s")
+
+    report = run_batch(items, predict, out_dir, engine=engine, resume=resume, on_item=echo)
+    typer.echo(report.summary())
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def benchmark(
+    quick: bool = typer.Option(False, help="64x64x32 volumes and fewer methods (a few minutes)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write rows and goals as JSON here."),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+) -> None:
+    """Reconstruction quality, time and memory of every method side by side, with the issue's goals."""
+    from ditlab.medical.bench import run_benchmark
+
+    run_benchmark(quick=quick, json_path=json_path, threads=threads)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(Path.home() / ".cache/ditlab/ct-prior", help="Run folder (checkpoint + log); resumed."),
+    steps: int = typer.Option(..., help="Total optimizer steps to reach (a resumed run continues to this)."),
+    threads: int = typer.Option(1, help="torch threads."),
+    resume_file: Path = typer.Option(None, help="A committed resume file to start from when OUT has no checkpoint "
+                                     "(default: packages/medical/training/ct-prior.resume.safetensors)."),
+    export: bool = typer.Option(False, help="Afterwards pack weights + EMA (fp16) into the resume file."),
+    package: bool = typer.Option(False, help="Afterwards write the EMA weights as the packaged ct-prior."),
+) -> None:
+    """Train the CT slice prior with the shipped recipe (resumable; see ditlab.medical.train)."""
+    import torch
+
+    from ditlab.medical import train as recipe
+
+    torch.set_num_threads(threads)
+    report = recipe.train_prior(out, steps, resume_file=resume_file or recipe.RESUME_FILE)
+    typer.echo(json.dumps(report))
+    if export:
+        typer.echo(f"exported {recipe.export_resume(out)}")
+    if package:
+        typer.echo(json.dumps(recipe.package_prior(out)))

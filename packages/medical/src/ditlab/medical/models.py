@@ -46,13 +46,22 @@ class SlicePrior:
     `x0(x_t, t)` takes noisy slices (B, H, W) on the flow path of the [-1, 1] data (x_t = (1-t) x + t eps),
     pads them with air to a multiple of 64 pixels, rolls them by a random multiple of the patch size (so
     window borders move between calls), runs the network in chunks of `batch` slices, and returns Tweedie's
-    estimate in [0, 1]. `calls` counts network evaluations per slice (NFE).
+    estimate in [0, 1]. `calls` counts network evaluations per slice (NFE). `precision` "auto" runs the
+    network under bf16 autocast where the device computes bf16 natively (this CPU does: about 2x faster),
+    else fp32; "fp32" and "bf16" force one (bf16 where unsupported raises, naming why).
     """
 
     def __init__(self, model: DiT, batch: int = 16, generator: torch.Generator | None = None,
-                 shift_windows: bool = True) -> None:
+                 shift_windows: bool = True, precision: str = "auto") -> None:
+        from ditlab.core.accel.precision import bf16_supported
+
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+        if precision == "auto":
+            precision = "bf16" if bf16_supported(next(model.parameters()).device)[0] else "fp32"
+        self.precision = precision
         self.model, self.batch, self.shift_windows = model, int(batch), shift_windows
         self.generator = generator or torch.Generator().manual_seed(0)
         self.patch = int(model.dit_config.patch[0])
@@ -65,7 +74,9 @@ class SlicePrior:
     def velocity(self, x_t: torch.Tensor, t: float, grad: bool = False) -> torch.Tensor:
         """The network's velocity for slices (B, H, W) on the [-1, 1] path at time t in [0, 1] (with autograd
         through the network when `grad`)."""
-        with torch.set_grad_enabled(grad):
+        from ditlab.core.accel.precision import autocast
+
+        with torch.set_grad_enabled(grad), autocast(self.device, self.precision):
             return self._velocity(x_t, t)
 
     def _velocity(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
