@@ -10,7 +10,7 @@ from ditlab.core.ui import launch, load_app_module
 
 HERE = Path(__file__).resolve().parent
 # page title -> (route, app file); the first page is the landing page.
-PAGES = {"DiT engine": ("", "core.py")}
+PAGES = {"DiT engine": ("", "core.py"), "Medical": ("medical", "medical.py")}
 
 
 def build() -> gr.Blocks:

@@ -121,6 +121,14 @@ def test_truncated_file_is_reported(tmp_path, suffix):
             load_volume(path)
 
 
+def test_a_singleton_fourth_axis_is_a_3d_volume(tmp_path):
+    data = np.random.default_rng(0).random((6, 5, 4, 1), np.float32)
+    vol = load_volume(_nifti(tmp_path / "t1.nii.gz", data))
+    assert vol.data.shape == (6, 5, 4)
+    with pytest.raises(VolumeError, match=r"got shape \(6, 5, 4, 2\)"):
+        load_volume(_nifti(tmp_path / "t2.nii.gz", np.repeat(data, 2, axis=3)))
+
+
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_volume("/nonexistent/volume.nii.gz")

@@ -106,7 +106,8 @@ def make_phantom(shape: str | tuple[int, int, int] = (128, 128, 64), seed: int =
                                 sigma=(nx / 32, ny / 32, nz / 16))
         field /= field.std() + 1e-12
         hu = (hu + 1000) * (1 + texture * np.clip(field, -3, 3)) - 1000
-    return np.clip(hu, -1000, 1000).astype(np.float32)
+    # the layout above has the patient's right at -x; RAS+ has it at +x (liver on the right): mirror X
+    return np.ascontiguousarray(np.clip(hu, -1000, 1000)[::-1]).astype(np.float32)
 
 
 def make_ood_volume(shape: str | tuple[int, int, int] = (128, 128, 64), seed: int = 0, noise: float = 0.05,

@@ -105,11 +105,13 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # nibabel raises several types for foreign or damaged headers
         raise VolumeError(f"{path}: not a readable NIfTI file ({e})") from e
     shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:  # (X, Y, Z, 1): a 3D volume stored with a singleton time axis
+        shape = shape[:3]
     if len(shape) != 3:
         raise VolumeError(f"{path}: expected a 3D volume (X, Y, Z), got shape {tuple(shape)}")
     _check_shape(shape, str(path))  # before reading the voxels: an absurd header allocates nothing
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32)  # applies scl_slope / scl_inter
+        data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)  # applies scl_slope / scl_inter
     except Exception as e:  # truncated files fail here (EOFError, zlib.error, ValueError ...)
         raise VolumeError(f"{path}: the voxel data could not be read, the file may be truncated ({e})") from e
     return data, _check_affine(img.affine, str(path))
@@ -215,6 +217,7 @@ def save_measurement(meas, path: str | Path) -> Path:
 def load_measurement(path: str | Path):
     """Read a measurement file written by `save_measurement` (or `ditlab medical simulate`)."""
     import json
+    import zipfile
 
     import torch
 
@@ -233,7 +236,7 @@ def load_measurement(path: str | Path):
                            _check_affine(arrays["affine"], str(path)),
                            arrays.get("original_affine"), float(meta["noise"]), int(meta["seed"]),
                            str(meta.get("source", path)))
-    except (KeyError, ValueError, OSError, EOFError, TypeError) as e:
+    except (KeyError, ValueError, OSError, EOFError, TypeError, zipfile.BadZipFile) as e:
         raise VolumeError(f"{path}: not a readable ditlab measurement file ({e}); expected one written by "
                           "`ditlab medical simulate`") from e
     _check_shape(meas.shape, str(path))

@@ -45,6 +45,7 @@ from ditlab.medical.operators import (
 TASKS = ("sparse-view", "limited-angle", "mri")
 METHODS = ("dds", "dps", "reddiff", "fbp", "sirt", "tv", "tv3d")
 DIT_METHODS = ("dds", "dps", "reddiff")
+CT_ONLY_METHODS = ("fbp", "sirt")
 GEOMETRIES = ("parallel", "fan")
 Progress = Callable[[int, int], None] | None
 Tick = Callable[[], None]
@@ -231,8 +232,9 @@ def _cg(normal: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x: torc
     """`iters` conjugate-gradient steps on normal(x) = b from x; slices are solved jointly (one scalar per step)."""
     r = b - normal(x)
     d, rr = r.clone(), (r * r).sum()
+    stop = 1e-12 * max(float(rr), float((b * b).sum()))  # relative: once converged, rounding must not drive it
     for _ in range(iters):
-        if rr <= 1e-20:
+        if rr <= stop:
             break
         Ad = normal(d)
         alpha = rr / (d * Ad).sum().clamp(min=1e-30)
@@ -356,7 +358,7 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
     t0 = time.perf_counter()
     n = y.shape[0]
     if method not in DIT_METHODS:
-        if method in ("fbp", "sirt") and isinstance(op, MRI):
+        if method in CT_ONLY_METHODS and isinstance(op, MRI):
             raise ValueError(f"{method} is a CT method; for MRI use 'tv' (TV-CS), 'dds', 'dps' or 'reddiff'")
         out = []
         slabs = range(0, n, s.slab)
@@ -448,16 +450,23 @@ def reconstruct_volume(meas: Measurement, method: str = "dds", settings: Setting
                   original_affine=meas.original_affine), res
 
 
+def _ssim_or_nan(x, ref, window) -> float:
+    return ssim(x, ref, window) if min(x.shape) >= 11 else float("nan")
+
+
 def evaluate(rec_hu: np.ndarray, ref_hu: np.ndarray, meas: Measurement | None = None,
              result: Result | None = None, window: tuple[float, float] = HU_WINDOW) -> dict[str, float]:
-    """PSNR and SSIM per plane and their means, 3D SSIM (when every side >= 11), data residual, seconds, NFE."""
-    p, q = per_plane(rec_hu, ref_hu, psnr, window=window), per_plane(rec_hu, ref_hu, ssim, window=window) \
-        if min(rec_hu.shape) >= 11 else {}
+    """PSNR and SSIM per plane and their means, 3D SSIM, data residual, seconds, NFE. SSIM needs 11 x 11 images:
+    planes (and 3D SSIM) of volumes thinner than 11 voxels are left out."""
+    p = per_plane(rec_hu, ref_hu, psnr, window=window)
     out = {f"psnr_{k}": v for k, v in p.items()}
     out["psnr"] = float(np.mean(list(p.values())))
+    sizes = {"axial": rec_hu.shape[:2], "coronal": rec_hu.shape[::2], "sagittal": rec_hu.shape[1:]}
+    q = {k: v for k, v in per_plane(rec_hu, ref_hu, _ssim_or_nan, window=window).items() if min(sizes[k]) >= 11}
     if q:
         out.update({f"ssim_{k}": v for k, v in q.items()})
         out["ssim"] = float(np.mean(list(q.values())))
+    if min(rec_hu.shape) >= 11:
         out["ssim3d"] = ssim3d(rec_hu, ref_hu, window=window)
     if meas is not None:
         x = volume_to_slices(np.clip(rec_hu, HU_WINDOW[0], None))

@@ -1,0 +1,96 @@
+"""The medical app reconstructs a phantom through its API, scores and serves the results, and reports bad input."""
+
+import socket
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from ditlab.core.ui import load_app_module
+from ditlab.medical.data import phantom_affine
+
+APPS = Path(__file__).resolve().parents[2] / "apps"
+QUICK = "phantom quick 64x64x32"
+FULL_WINDOW = "full [-1000, 1000]"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    app = load_app_module(APPS / "medical.py", "ditlab_medical_under_test").build()
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        app.close()
+
+
+def reconstruct(client, upload=None, task="sparse-view", views=8, accel=4.0, methods=("fbp", "tv", "dds"), steps=2):
+    """The app's outputs: (axial, coronal, sagittal, 3 slider values, metrics, notes, files)."""
+    return client.predict(upload, QUICK, task, views, accel, 0.01, list(methods), steps, 0, FULL_WINDOW,
+                          api_name="/reconstruct")
+
+
+def test_reconstructs_the_quick_phantom(client):
+    axial, coronal, sagittal, *slices, metrics, notes, files = reconstruct(client)
+    table = {row[0]: dict(zip(metrics["headers"], row, strict=True)) for row in metrics["data"]}
+    assert list(table) == ["FBP", "TV", "DDS (DiT)"]
+    assert table["TV"]["PSNR (dB)"] > table["FBP"]["PSNR (dB)"] + 3  # 8 views: TV well above FBP's streaks
+    assert table["DDS (DiT)"]["NFE"] == 2 and table["FBP"]["NFE"] == 0
+    # the slice sliders span (X, Y, Z) = (64, 64, 32) and start mid-volume: axial, coronal, sagittal
+    assert [(s["maximum"], s["value"]) for s in slices] == [(31, 16), (63, 32), (63, 32)]
+    img = np.asarray(Image.open(axial))
+    assert img.shape[1] > 3 * img.shape[0] and img.std() > 10  # ground truth + 3 methods side by side
+    assert "8 views" in notes
+    names = sorted(Path(f).name for f in files)
+    assert names == sorted(f"phantom-quick-64x64x32_{n}.nii.gz" for n in ("ground-truth", "fbp", "tv", "dds"))
+    tv = nib.load(next(f for f in files if f.endswith("_tv.nii.gz")))
+    assert tv.shape == (64, 64, 32) and np.allclose(tv.affine, phantom_affine((64, 64, 32)))
+
+
+def test_mri_skips_fbp_with_a_note(client):
+    *_, metrics, notes, files = reconstruct(client, task="mri", methods=("fbp", "dds"), steps=1)
+    assert [row[0] for row in metrics["data"]] == ["DDS (DiT)"]
+    assert "FBP skipped" in notes
+
+
+def _nifti(path: Path, data: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), str(path))
+    return path
+
+
+def test_reports_a_2d_upload(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = _nifti(tmp_path / "slice.nii.gz", np.zeros((32, 32)))
+    with pytest.raises(Exception, match=r"expected a 3D volume \(X, Y, Z\), got shape \(32, 32\)"):
+        reconstruct(client, upload=handle_file(str(path)))
+
+
+def test_reports_nan_voxels_and_truncated_files(client, tmp_path):
+    from gradio_client import handle_file
+
+    data = np.zeros((32, 32, 16))
+    data[3, 4, 5] = np.nan
+    with pytest.raises(Exception, match="1 voxels are NaN or Inf"):
+        reconstruct(client, upload=handle_file(str(_nifti(tmp_path / "nan.nii", data))))
+    whole = _nifti(tmp_path / "whole.nii", np.ones((32, 32, 16))).read_bytes()
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(Exception, match="may be truncated"):
+        reconstruct(client, upload=handle_file(str(cut)))
+
+
+def test_reports_too_few_views(client):
+    with pytest.raises(Exception, match="views must be an integer >= 2, got 1"):
+        reconstruct(client, views=1)
