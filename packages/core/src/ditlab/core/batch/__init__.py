@@ -87,12 +87,15 @@ def read_manifest(path: str | Path) -> dict[str, dict]:
 def _attempt(predict: Callable[[Item], dict | None], item: Item) -> dict:
     t0 = time.perf_counter()
     try:
-        extra = predict(item) or {}
-        rec = {"status": "ok", **extra}
+        figures = dict(predict(item) or {})
+        rec = {"status": "ok"}
     except Exception as e:  # one bad item must not stop the batch: record it and go on
-        rec = {"status": "error", "error": f"{type(e).__name__}: {e}",
-               "trace": traceback.format_exc(limit=3)[-2000:]}
-    return {"id": item.id, "input": item.input, "output": item.output,
+        figures, rec = {}, {"status": "error", "error": f"{type(e).__name__}: {e}",
+                            "trace": traceback.format_exc(limit=3)[-2000:]}
+    # the predictor's figures never overwrite the engine's own fields (a predictor's "seconds" is kept aside)
+    reserved = {"id", "input", "output", "seconds", "status", "error", "trace"}
+    figures = {(f"item_{k}" if k in reserved else k): v for k, v in figures.items()}
+    return {**figures, "id": item.id, "input": item.input, "output": item.output,
             "seconds": round(time.perf_counter() - t0, 3), **rec}
 
 
@@ -116,6 +119,13 @@ def run_batch(items: Iterable[Item], predict: Callable[[Item], dict | None], out
             todo.append(item)
 
     def record(rec: dict) -> None:
+        if manifest.is_file() and manifest.stat().st_size:
+            with open(manifest, "rb") as f:  # a line cut short by a crash must not swallow the next record
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+            if torn:
+                with open(manifest, "a") as f:
+                    f.write("\n")
         with open(manifest, "a") as f:
             f.write(json.dumps({k: v for k, v in rec.items() if k != "trace"}, default=str) + "\n")
             f.flush()
