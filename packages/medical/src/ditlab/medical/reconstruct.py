@@ -154,10 +154,11 @@ class Settings:
             raise ValueError(f"slab and batch must be >= 1, got {self.slab}, {self.batch}")
 
 
-TUNED: dict[str, dict] = {
-    "sparse-view": {},
-    "limited-angle": {},
-    "mri": {"tv_lambda": 3e-3, "init": "zero"},
+_WARM = {"steps": 10, "t_start": 0.1, "eta": 0.0, "tv_inplane": 1.0}
+TUNED: dict[str, dict] = {  # DDS warm-started from TV at a low noise level, ADMM-TV data step (see BENCHMARKS.md)
+    "sparse-view": {**_WARM, "tv_weight": 3e-4},
+    "limited-angle": {**_WARM, "tv_weight": 3e-4},
+    "mri": {**_WARM, "tv_lambda": 3e-3, "tv_weight": 3e-3},
 }
 
 
