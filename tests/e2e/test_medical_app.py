@@ -1,6 +1,5 @@
 """The medical app reconstructs a phantom through its API, scores and serves the results, and reports bad input."""
 
-import socket
 from pathlib import Path
 
 import nibabel as nib
@@ -8,31 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ditlab.core.ui import load_app_module
 from ditlab.medical.data import phantom_affine
 
-APPS = Path(__file__).resolve().parents[2] / "apps"
 QUICK = "phantom quick 64x64x32"
 FULL_WINDOW = "full [-1000, 1000]"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def client():
-    from gradio_client import Client
-
-    app = load_app_module(APPS / "medical.py", "ditlab_medical_under_test").build()
-    port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        app.close()
+def client(serve_app):
+    with serve_app("medical.py") as c:
+        yield c
 
 
 def reconstruct(client, upload=None, task="sparse-view", views=8, accel=4.0, methods=("fbp", "tv", "dds"), steps=2):

@@ -215,7 +215,7 @@ def _memory_metric(device: torch.device) -> str:
     return "peak memory MiB (process RSS sampled every 2 ms, peak - start)"
 
 
-def _machine(device: torch.device) -> str:
+def describe_machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -237,7 +237,7 @@ def run(size: BenchSize, json_path: Path | None = None, device: torch.device | N
     """Measure both models at `size`, print the table and goals, write JSON when asked; return the report.
     On the CPU this leaves the process in `exact_rss_accounting` mode."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    machine = _machine(device)
+    machine = describe_machine(device)
     ours, ref = build_pair(size)
     ours, ref = ours.to(device), ref.to(device)
     models = {OURS: ours, THEIRS: ref}

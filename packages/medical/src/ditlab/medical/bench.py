@@ -11,8 +11,6 @@ memory of a full-size DDS run are measured in a child process (its own peak RSS)
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,22 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ditlab.core.bench import describe_machine, write_json
 from ditlab.medical.data import make_ood_volume, make_phantom
 from ditlab.medical.reconstruct import Acquisition, Settings, defaults, evaluate, reconstruct_volume, simulate_volume
 
 LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def tune_tv(acq: Acquisition, shape: tuple[int, int, int], method: str = "tv", n_slices: int = 6) -> float:
@@ -154,12 +141,10 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
     echo("|---|---|---|---|")
     for g in goals:
         echo(f"| {g['name']} | {g['target']} | {g['value']} | {'yes' if g['met'] else 'no'} |")
-    report = {"machine": _machine(), "date": date.today().isoformat(),
+    report = {"machine": describe_machine(torch.device("cpu")), "date": date.today().isoformat(),
               "command": "ditlab medical benchmark" + (" --quick" if quick else ""),
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "rows": rows, "goals": goals, "seconds": time.process_time()}
     if json_path is not None:
-        from ditlab.core.weights import atomic_write
-
-        atomic_write(Path(json_path), lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+        write_json(report, Path(json_path))
     return report

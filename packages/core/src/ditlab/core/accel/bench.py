@@ -40,7 +40,7 @@ from torch import nn
 from ditlab.core.accel import bench_model, precision
 from ditlab.core.accel.cache import FORA, CachePolicy, DeltaDiT, FirstBlockCache, TaylorSeer
 from ditlab.core.accel.ras import RegionAdaptive
-from ditlab.core.bench import _machine, write_json
+from ditlab.core.bench import describe_machine, write_json
 from ditlab.core.demo import PATH, load_demo
 from ditlab.core.diffusion import sample
 from ditlab.core.models import DiT
@@ -434,7 +434,8 @@ def run(size: AccelSize, json_path: Path | None = None, subjects: Subjects | Non
     if kernels is not None:
         precision_task(report, subjects.shapes32, prec_in, prec_ref, size, best, torch.device("cuda"))
     _goals(report, size.steps, demo, s32, hooks, prec, ras, kernels)
-    out = {"machine": _machine(torch.device("cpu")), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+    out = {"machine": describe_machine(torch.device("cpu")),
+           "date": datetime.now().astimezone().isoformat(timespec="seconds"),
            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "rows": report.rows, "goals": report.goals}
     echo(format_report(out, report.notes, size))
     if json_path is not None:
