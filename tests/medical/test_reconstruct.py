@@ -202,3 +202,15 @@ def test_bad_measurement_files(tmp_path, case):
         load_measurement(tmp_path / "foreign.npz")
     with pytest.raises(FileNotFoundError):
         load_measurement(tmp_path / "missing.npz")
+
+
+def test_averaged_samples_count_their_nfe_and_average(case, tiny_prior):
+    _, meas = case
+    s = defaults("sparse-view").replace(steps=2, t_start=1.0, eta=0.85, cg_iters=0)
+    one = [reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior), seed=k)[0].data for k in (1, 2)]
+    avg, res = reconstruct_volume(meas, "dds", s.replace(samples=2), prior=make_prior(tiny_prior), seed=1)
+    assert res.nfe == 4
+    # the average of two draws lies closer to each draw's mean than the draws lie to each other
+    assert np.abs(avg.data - (one[0] + one[1]) / 2).mean() < np.abs(one[0] - one[1]).mean()
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        reconstruct(meas.y, meas.operator, "dds", s.replace(samples=0))

@@ -19,6 +19,7 @@ Volumes of any depth run in slabs of `slab` slices (z-coupling inside a slab), s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -114,7 +115,8 @@ class Acquisition:
 class Settings:
     """Knobs of every method; `defaults(task)` gives the tuned ones."""
 
-    steps: int = 50  # NFE of the DiT methods
+    steps: int = 50  # network calls per run of a DiT method
+    samples: int = 1  # DiT runs averaged (an estimate of the posterior mean; NFE = steps x samples)
     t_start: float = 1.0  # DDS/DPS start time (1 = pure noise; < 1 = noised classical reconstruction)
     init: str = "tv"  # what t_start < 1 (and RED-diff) starts from: "tv" | "fbp" | "zero"
     eta: float = 0.85  # DDIM-like stochasticity of the re-noising
@@ -150,6 +152,8 @@ class Settings:
             raise ValueError(f"init must be 'tv', 'fbp' or 'zero', got {self.init!r}")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
         if self.slab < 1 or self.batch < 1:
             raise ValueError(f"slab and batch must be >= 1, got {self.slab}, {self.batch}")
 
@@ -381,7 +385,7 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
 
         prior = SlicePrior(load_prior(), batch=s.batch, generator=torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed)
-    total = s.steps * math.ceil(n / s.slab)
+    total = s.steps * s.samples * math.ceil(n / s.slab)
     done = [0]
 
     def tick() -> None:
@@ -392,11 +396,11 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
     calls0 = prior.calls
     out = []
     for i in range(0, n, s.slab):
-        if cache is not None:
-            with cache.attach(prior.model, s.steps):
-                out.append(SOLVERS[method](y[i:i + s.slab], op, prior, s, g, tick))
-        else:
-            out.append(SOLVERS[method](y[i:i + s.slab], op, prior, s, g, tick))
+        runs = []
+        for _ in range(s.samples):
+            with cache.attach(prior.model, s.steps) if cache is not None else contextlib.nullcontext():
+                runs.append(SOLVERS[method](y[i:i + s.slab], op, prior, s, g, tick))
+        out.append(torch.stack(runs).mean(0))
     nfe = (prior.calls - calls0) // max(1, math.ceil(n / s.slab))
     return Result(torch.cat(out), method, time.perf_counter() - t0, nfe, asdict(s))
 
