@@ -28,7 +28,7 @@ SAMPLES = {  # name -> HU volume (X, Y, Z) for a seed; test seeds (0+) never met
 }
 METHOD_LABELS = {"fbp": "FBP", "sirt": "SIRT", "tv": "TV", "tv3d": "TV 3D", "dds": "DDS (DiT)",
                  "dps": "DPS (DiT)", "reddiff": "RED-diff (DiT)"}
-CT_ONLY = ("fbp", "sirt")
+CT_ONLY = rec.CT_ONLY_METHODS
 WINDOWS = {"full [-1000, 1000]": HU_WINDOW, "soft tissue [-160, 240]": (-160.0, 240.0),
            "lung [-1350, 150]": (-1350.0, 150.0)}
 MAX_VIEWS, MAX_ACCEL = 180, 16.0
@@ -210,7 +210,8 @@ def build_page() -> None:
             noise = gr.Number(0.01, label="Noise (x the RMS measurement)")
             methods = gr.CheckboxGroup([(label, m) for m, label in METHOD_LABELS.items()], value=["fbp", "tv", "dds"],
                                        label="Methods (FBP and SIRT are CT only)")
-            steps = gr.Slider(1, 100, value=rec.Settings.steps, step=1, label="DiT steps (NFE; fewer is faster)")
+            steps = gr.Slider(1, 100, value=rec.defaults("sparse-view").steps, step=1,
+                              label="DiT steps (NFE; fewer is faster)")
             seed = gr.Number(0, precision=0, label="Seed (sample phantom, noise, sampling)")
             button = gr.Button("Reconstruct", variant="primary")
         with gr.Column(scale=2):
