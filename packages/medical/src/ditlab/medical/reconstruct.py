@@ -127,7 +127,7 @@ class Settings:
     rho: float = 0.0  # ADMM penalty of the TV data step (0: 10 * tv_weight)
     zeta: float = 1.0  # DPS step size
     reddiff_lambda: float = 0.25  # RED-diff prior weight
-    reddiff_lr: float = 0.05  # RED-diff Adam learning rate
+    reddiff_lr: float = 0.01  # RED-diff Adam learning rate (window units per step, roughly)
     tv_lambda: float = 3e-4  # the TV baseline's lam (and the DDS init's)
     tv_iters: int = 300
     tv3d_iters: int = 60
@@ -303,11 +303,12 @@ def dps(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, t
 
 
 def reddiff(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick) -> torch.Tensor:
-    """RED-diff: Adam on mu of 0.5 ||A mu - y||^2 / ||A||^2 + lambda w_t <sg(eps_hat - eps), mu>, t from 1 to 0."""
+    """RED-diff: Adam on mu of 0.5 ||A mu - y||^2 / ||A||^2 + lambda w_t <sg(eps_hat - eps), mu>, t from t_start
+    to 0, mu starting from `init`."""
     scale2 = op_norm(op) ** 2
     mu = _init(y, op, s).clone().requires_grad_(True)
     opt = torch.optim.Adam([mu], lr=s.reddiff_lr)
-    times = [1 - (i + 0.5) / s.steps for i in range(s.steps)]
+    times = [s.t_start * (1 - (i + 0.5) / s.steps) for i in range(s.steps)]  # t_start < 1: a warm start
     weights = [t / max(1 - t, 1e-3) for t in times]  # sigma_t / alpha_t, ~ 1 / sqrt(SNR)
     mean_w = sum(weights) / len(weights)
     for t, w in zip(times, weights, strict=True):
