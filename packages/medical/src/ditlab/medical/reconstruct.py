@@ -158,7 +158,7 @@ class Settings:
             raise ValueError(f"slab and batch must be >= 1, got {self.slab}, {self.batch}")
 
 
-_WARM = {"steps": 10, "t_start": 0.1, "eta": 0.0, "tv_inplane": 1.0}
+_WARM = {"steps": 10, "samples": 3, "t_start": 0.25, "eta": 0.5, "tv_inplane": 1.0, "z_weight": 5.0}
 TUNED: dict[str, dict] = {  # DDS warm-started from TV at a low noise level, ADMM-TV data step (see BENCHMARKS.md)
     "sparse-view": {**_WARM, "tv_weight": 3e-4},
     "limited-angle": {**_WARM, "tv_weight": 3e-4},

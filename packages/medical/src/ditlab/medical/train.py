@@ -165,7 +165,7 @@ torso phantoms (ellipsoids with z-coherence, 3% smooth texture, low-contrast les
 
 **Recipe.** `ditlab medical train` (`ditlab.medical.train`): AdamW lr {lr}, {warmup} warm-up steps, batch
 {batch}, grad clip {grad_clip}, EMA {ema_decay} (the EMA weights are shipped, float16), bf16 autocast,
-{steps} steps so far, {hours:.1f} h of training on a 2-core CPU (1 torch thread), in resumable chunks
+{steps} steps so far, {hours:.1f} h of training on a 2-core CPU (1-2 torch threads), in resumable chunks
 across sessions.
 
 **Metrics.** One-step denoising x0 PSNR on 16 validation slices (seed 100, 128 x 128):
