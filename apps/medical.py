@@ -211,7 +211,8 @@ def build_page() -> None:
             methods = gr.CheckboxGroup([(label, m) for m, label in METHOD_LABELS.items()], value=["fbp", "tv", "dds"],
                                        label="Methods (FBP and SIRT are CT only)")
             steps = gr.Slider(1, 100, value=rec.defaults("sparse-view").steps, step=1,
-                              label="DiT steps (NFE; fewer is faster)")
+                              label=f"DiT steps per run ({rec.defaults('sparse-view').samples} runs averaged: "
+                                    "NFE = steps x runs; fewer is faster)")
             seed = gr.Number(0, precision=0, label="Seed (sample phantom, noise, sampling)")
             button = gr.Button("Reconstruct", variant="primary")
         with gr.Column(scale=2):

@@ -47,7 +47,7 @@ def case():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_reconstructs_a_tiny_volume(case, tiny_prior, method):
     vol, meas = case
-    s = defaults("sparse-view").replace(steps=3, tv_iters=30, sirt_iters=20, tv3d_iters=10, slab=3)
+    s = defaults("sparse-view").replace(steps=3, samples=1, tv_iters=30, sirt_iters=20, tv3d_iters=10, slab=3)
     prior = make_prior(tiny_prior)
     rec, res = reconstruct_volume(meas, method, s, prior=prior)
     assert rec.data.shape == vol.shape
@@ -63,7 +63,7 @@ def test_dds_data_step_fits_the_measurements(case, tiny_prior):
     _, meas = case
     residual = {}
     for cg in (0, 10):
-        s = defaults("sparse-view").replace(steps=2, cg_iters=cg, t_start=1.0)
+        s = defaults("sparse-view").replace(steps=2, samples=1, cg_iters=cg, t_start=1.0)
         rec, res = reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior))
         residual[cg] = evaluate(rec.data, rec.data, meas, res)["residual"]
     assert residual[10] < 0.5 * residual[0]
@@ -72,14 +72,14 @@ def test_dds_data_step_fits_the_measurements(case, tiny_prior):
 def test_dds_with_tv_data_step_and_warm_start_beats_fbp(case, tiny_prior):
     """Started from TV at a low noise level with a TV data step, even an untrained prior cannot spoil it."""
     vol, meas = case
-    s = defaults("sparse-view").replace(steps=4, t_start=0.1, tv_weight=3e-4, tv_inplane=1.0, tv_iters=60)
+    s = defaults("sparse-view").replace(steps=4, samples=1, t_start=0.1, tv_weight=3e-4, tv_inplane=1.0, tv_iters=60)
     rec, _ = reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior))
     assert psnr(rec.data, vol) > psnr(slices_to_volume(fbp(meas.y, meas.operator)), vol) + 3
 
 
 def test_cache_policy_switches_on_for_the_dit_methods(case, tiny_prior):
     _, meas = case
-    s = defaults("sparse-view").replace(steps=4)
+    s = defaults("sparse-view").replace(steps=4, samples=1)
     plain, _ = reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior))
     cached, res = reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior), cache=TaylorSeer(interval=2))
     assert res.nfe == 4
@@ -93,7 +93,8 @@ def test_mri_methods(tiny_prior):
     zf, _ = reconstruct_volume(meas, "tv", defaults("mri").replace(tv_iters=1))
     tv, _ = reconstruct_volume(meas, "tv", defaults("mri").replace(tv_iters=100))
     assert psnr(tv.data, vol) > psnr(zf.data, vol)
-    rec, res = reconstruct_volume(meas, "dds", defaults("mri").replace(steps=2), prior=make_prior(tiny_prior))
+    s = defaults("mri").replace(steps=2, samples=1)
+    rec, res = reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior))
     assert rec.data.shape == vol.shape and res.nfe == 2
     with pytest.raises(ValueError, match="fbp is a CT method"):
         reconstruct_volume(meas, "fbp")
@@ -122,7 +123,7 @@ def test_dps_backpropagates_through_the_prior(case, tiny_prior):
     prior = make_prior(tiny_prior)
     v = prior.velocity(torch.randn(1, 32, 32, requires_grad=True), 0.5, grad=True)
     assert v.requires_grad
-    rec, res = reconstruct_volume(meas, "dps", defaults("sparse-view").replace(steps=2), prior=prior)
+    rec, res = reconstruct_volume(meas, "dps", defaults("sparse-view").replace(steps=2, samples=1), prior=prior)
     assert np.isfinite(rec.data).all()
 
 
@@ -206,7 +207,7 @@ def test_bad_measurement_files(tmp_path, case):
 
 def test_averaged_samples_count_their_nfe_and_average(case, tiny_prior):
     _, meas = case
-    s = defaults("sparse-view").replace(steps=2, t_start=1.0, eta=0.85, cg_iters=0)
+    s = defaults("sparse-view").replace(steps=2, samples=1, t_start=1.0, eta=0.85, cg_iters=0)
     one = [reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior), seed=k)[0].data for k in (1, 2)]
     avg, res = reconstruct_volume(meas, "dds", s.replace(samples=2), prior=make_prior(tiny_prior), seed=1)
     assert res.nfe == 4
