@@ -130,6 +130,7 @@ class Settings:
     reddiff_lr: float = 0.01  # RED-diff Adam learning rate (window units per step, roughly)
     tv_lambda: float = 3e-4  # the TV baseline's lam (and the DDS init's)
     tv_iters: int = 300
+    init_iters: int = 100  # TV iterations of the DiT methods' starting point (the prior refines it)
     tv3d_iters: int = 60
     sirt_iters: int = 200
     fbp_filter: str = "hann"
@@ -185,7 +186,7 @@ def _init(y: torch.Tensor, op: Operator, s: Settings) -> torch.Tensor:
         return op.adjoint(y).clamp(0, 1) if isinstance(op, MRI) else torch.zeros(y.shape[0], *op.image_shape)
     if s.init == "fbp":
         return (op.adjoint(y) if isinstance(op, MRI) else fbp(y, op, s.fbp_filter)).clamp(0, 1)
-    return tv_pdhg_2d(y, op, s.tv_lambda, s.tv_iters).clamp(0, 1)
+    return tv_pdhg_2d(y, op, s.tv_lambda, s.init_iters).clamp(0, 1)
 
 
 class _DataStep:
