@@ -79,7 +79,15 @@ def sirt(y: torch.Tensor, op: ParallelBeam | FanBeam, iters: int = 100, nonneg: 
 
 
 def op_norm(op: Operator, iters: int = 20, seed: int = 0) -> float:
-    """||A||_2 by power iteration on A^T A (slightly over-estimated, which keeps step sizes safe)."""
+    """||A||_2 by power iteration on A^T A (slightly over-estimated, which keeps step sizes safe); computed once
+    per operator (operators do not change after construction) and kept on it."""
+    known = vars(op).setdefault("_op_norm", {})
+    if (iters, seed) not in known:
+        known[(iters, seed)] = _power_iteration(op, iters, seed)
+    return known[(iters, seed)]
+
+
+def _power_iteration(op: Operator, iters: int, seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(1, *op.image_shape, generator=gen, dtype=torch.float64)
     for _ in range(iters):
@@ -160,18 +168,28 @@ def tv_admm_3d(y: torch.Tensor, op: Operator, lam: float, iters: int = 60, rho: 
         return op.adjoint(op.forward(v)) / scale ** 2 + rho * _grad_adjoint(_grad(v, dims, w), dims, w)
 
     for _ in range(iters):
-        b = rhs_data + rho * _grad_adjoint(z - u, dims, w)
-        r = b - normal(x)
-        d, rr = r.clone(), (r * r).sum()
-        for _ in range(cg_iters):
-            Ad = normal(d)
-            alpha = rr / (d * Ad).sum().clamp(min=1e-30)
-            x, r = x + alpha * d, r - alpha * Ad
-            rr_new = (r * r).sum()
-            d, rr = r + (rr_new / rr.clamp(min=1e-30)) * d, rr_new
+        x = cg(normal, rhs_data + rho * _grad_adjoint(z - u, dims, w), x, cg_iters)
         g = _grad(x, dims, w) + u
         z = g * (1 - (lam / rho) / g.norm(dim=0, keepdim=True).clamp(min=1e-12)).clamp(min=0)
         u = g - z
+    return x
+
+
+def cg(normal: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
+    """`iters` conjugate-gradient steps on normal(x) = b from x (a symmetric positive semi-definite `normal`);
+    slices are solved jointly (one scalar per step). Stops early once the residual is 1e-12 of its start (or of
+    ||b||): past convergence, float32 rounding would otherwise divide noise by noise."""
+    r = b - normal(x)
+    d, rr = r.clone(), (r * r).sum()
+    stop = 1e-12 * max(float(rr), float((b * b).sum()))
+    for _ in range(iters):
+        if rr <= stop:
+            break
+        Ad = normal(d)
+        alpha = rr / (d * Ad).sum().clamp(min=1e-30)
+        x, r = x + alpha * d, r - alpha * Ad
+        rr_new = (r * r).sum()
+        d, rr = r + (rr_new / rr.clamp(min=1e-30)) * d, rr_new
     return x
 
 

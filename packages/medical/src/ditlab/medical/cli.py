@@ -48,6 +48,15 @@ def _cache(name: str):
             "fbcache": FirstBlockCache(threshold=0.05)}[name]
 
 
+def _settings(task: str, steps: int | None):
+    """The tuned settings of `task`, with `steps` when given; checked."""
+    from ditlab.medical.reconstruct import defaults
+
+    s = defaults(task) if steps is None else defaults(task).replace(steps=steps)
+    s.check()
+    return s
+
+
 def _check_out(out: Path) -> None:
     if not out.name.lower().endswith(VOLUME_SUFFIXES):
         raise ValueError(f"--out must end with .nii or .nii.gz, got {out}")
@@ -147,17 +156,14 @@ def reconstruct(
     """Reconstruct one volume. A volume input is measured first (--task ...) and scored against itself."""
     from ditlab.core.weights import atomic_write
     from ditlab.medical.io import save_volume
-    from ditlab.medical.reconstruct import defaults, evaluate, reconstruct_volume
+    from ditlab.medical.reconstruct import evaluate, reconstruct_volume
 
     _check_out(out)
     acq = _acquisition(task, views, angles, accel, mask, geometry)
-    settings = defaults(acq.task)
-    if steps is not None:
-        settings = settings.replace(steps=steps)
-    settings.check()
+    _settings(acq.task, steps)  # bad options fail before the volume is read
     policy = _cache(cache)
     meas, truth = _measure(source, acq, noise, seed)
-    settings = defaults(meas.acquisition.task).replace(steps=settings.steps)
+    settings = _settings(meas.acquisition.task, steps)  # a measurement file brings its own task
     with typer.progressbar(length=1, label=f"{method} on {meas.acquisition.describe()}") as bar:
         def progress(done: int, total: int) -> None:
             bar.length = total
@@ -189,14 +195,12 @@ def batch(
     """Reconstruct every volume of a folder; a failing file is recorded in the manifest and the batch goes on."""
     from ditlab.core.batch import items_from_folder, run_batch
     from ditlab.medical.io import save_volume
-    from ditlab.medical.reconstruct import METHODS, defaults, evaluate, reconstruct_volume
+    from ditlab.medical.reconstruct import METHODS, evaluate, reconstruct_volume
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     acq = _acquisition(task, views, angles, accel, mask, geometry)
-    base = defaults(acq.task)
-    steps = base.steps if steps is None else steps
-    base.replace(steps=steps).check()
+    _settings(acq.task, steps)
 
     def out_name(p: Path) -> str:
         stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
@@ -207,8 +211,8 @@ def batch(
 
     def predict(item) -> dict:
         meas, truth = _measure(Path(item.input), acq, noise, seed)
-        vol, res = reconstruct_volume(meas, method, defaults(meas.acquisition.task).replace(steps=steps),
-                                      prior=prior(method), seed=seed)
+        vol, res = reconstruct_volume(meas, method, _settings(meas.acquisition.task, steps), prior=prior(method),
+                                      seed=seed)
         save_volume(vol, item.output)
         return evaluate(vol.data, truth, meas, res) if truth is not None else {"nfe": res.nfe}
 

@@ -20,6 +20,7 @@ Volumes of any depth run in slabs of `slab` slices (z-coupling inside a slab), s
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ditlab.medical.baselines import _grad, _grad_adjoint, fbp, op_norm, sirt, tv_admm_3d, tv_pdhg_2d
+from ditlab.medical.baselines import _grad, _grad_adjoint, cg, fbp, op_norm, sirt, tv_admm_3d, tv_pdhg_2d
 from ditlab.medical.data import HU_WINDOW
 from ditlab.medical.io import Volume, spacing_of, validate_volume
 from ditlab.medical.metrics import data_residual, per_plane, psnr, ssim, ssim3d
@@ -226,28 +227,12 @@ class _DataStep:
                 self.z = _grad(x0, self.dims, self.w)
                 self.u = torch.zeros_like(self.z)
             b = b + self.rho * _grad_adjoint(self.z - self.u, self.dims, self.w)
-        x = _cg(self.normal, b, x0, self.s.cg_iters)
+        x = cg(self.normal, b, x0, self.s.cg_iters)
         if self.rho:
             g = _grad(x, self.dims, self.w) + self.u
             self.z = g * (1 - (self.s.tv_weight / self.rho) / g.norm(dim=0, keepdim=True).clamp(min=1e-12)).clamp(min=0)
             self.u = g - self.z
         return x
-
-
-def _cg(normal: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
-    """`iters` conjugate-gradient steps on normal(x) = b from x; slices are solved jointly (one scalar per step)."""
-    r = b - normal(x)
-    d, rr = r.clone(), (r * r).sum()
-    stop = 1e-12 * max(float(rr), float((b * b).sum()))  # relative: once converged, rounding must not drive it
-    for _ in range(iters):
-        if rr <= stop:
-            break
-        Ad = normal(d)
-        alpha = rr / (d * Ad).sum().clamp(min=1e-30)
-        x, r = x + alpha * d, r - alpha * Ad
-        rr_new = (r * r).sum()
-        d, rr = r + (rr_new / rr.clamp(min=1e-30)) * d, rr_new
-    return x
 
 
 def _renoise(x_unit: torch.Tensor, eps_hat: torch.Tensor, t_next: float, eta: float,
@@ -261,12 +246,13 @@ def _renoise(x_unit: torch.Tensor, eps_hat: torch.Tensor, t_next: float, eta: fl
 # The DiT-prior solvers (one slab of slices each)
 # ----------------------------------------------------------------------------------------------
 
-def dds(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick) -> torch.Tensor:
+def dds(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick,
+        start: torch.Tensor | None) -> torch.Tensor:
     """Decomposed diffusion sampling with an optional DiffusionMBIR TV data step; returns slices in [0, 1]."""
     n = y.shape[0]
     times = _times(s.steps, s.t_start)
     noise = torch.randn(n, *op.image_shape, generator=g)
-    x_t = noise if s.t_start >= 1 else prior.to_path(_init(y, op, s), times[0], noise)
+    x_t = noise if start is None else prior.to_path(start, times[0], noise)
     step = _DataStep(y, op, s)
     x = None
     for t, t_next in zip(times[:-1], times[1:], strict=True):
@@ -279,13 +265,14 @@ def dds(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, t
     return x
 
 
-def dps(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick) -> torch.Tensor:
+def dps(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick,
+        start: torch.Tensor | None) -> torch.Tensor:
     """Diffusion posterior sampling: x_t moves against grad_x_t ||y - A x0_hat(x_t)|| (through the network)."""
     n = y.shape[0]
     times = _times(s.steps, s.t_start)
     scale = op_norm(op)
     noise = torch.randn(n, *op.image_shape, generator=g)
-    x_t = noise if s.t_start >= 1 else prior.to_path(_init(y, op, s), times[0], noise)
+    x_t = noise if start is None else prior.to_path(start, times[0], noise)
     x0 = None
     for t, t_next in zip(times[:-1], times[1:], strict=True):
         x_t = x_t.detach().requires_grad_(True)
@@ -303,11 +290,12 @@ def dps(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, t
     return x0.clamp(min=0)
 
 
-def reddiff(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick) -> torch.Tensor:
+def reddiff(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, tick: Tick,
+            start: torch.Tensor | None) -> torch.Tensor:
     """RED-diff: Adam on mu of 0.5 ||A mu - y||^2 / ||A||^2 + lambda w_t <sg(eps_hat - eps), mu>, t from t_start
     to 0, mu starting from `init`."""
     scale2 = op_norm(op) ** 2
-    mu = _init(y, op, s).clone().requires_grad_(True)
+    mu = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([mu], lr=s.reddiff_lr)
     times = [s.t_start * (1 - (i + 0.5) / s.steps) for i in range(s.steps)]  # t_start < 1: a warm start
     weights = [t / max(1 - t, 1e-3) for t in times]  # sigma_t / alpha_t, ~ 1 / sqrt(SNR)
@@ -398,10 +386,12 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
     calls0 = prior.calls
     out = []
     for i in range(0, n, s.slab):
-        runs = []
+        yi, runs = y[i:i + s.slab], []
+        # the classical start is deterministic: computed once per slab, shared by the averaged runs
+        start = _init(yi, op, s) if method == "reddiff" or s.t_start < 1 else None
         for _ in range(s.samples):
             with cache.attach(prior.model, s.steps) if cache is not None else contextlib.nullcontext():
-                runs.append(SOLVERS[method](y[i:i + s.slab], op, prior, s, g, tick))
+                runs.append(SOLVERS[method](yi, op, prior, s, g, tick, start))
         out.append(torch.stack(runs).mean(0))
     nfe = (prior.calls - calls0) // max(1, math.ceil(n / s.slab))
     return Result(torch.cat(out), method, time.perf_counter() - t0, nfe, asdict(s))
@@ -424,8 +414,9 @@ class Measurement:
     seed: int = 0
     source: str = ""
 
-    @property
+    @functools.cached_property
     def operator(self) -> Operator:
+        """Built once: operators cache their sampling grids and norm."""
         return self.acquisition.operator(self.shape[:2], seed=self.seed)
 
 
