@@ -119,3 +119,39 @@ def test_model_restored_after_exit_and_after_an_error():
     draw(m, policy, steps=4)
     assert "run_blocks" not in vars(m) and "forward" not in vars(m.final_layer)
     torch.testing.assert_close(draw(m, steps=4), ref, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_forecast_extrapolates_skipped_tokens_linearly():
+    """A skipped token's forecast continues the line through its last two outputs; the computed tokens differ."""
+    m = tiny()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([500.0, 500.0])
+    policy = RegionAdaptive(ratio=0.25, warmup=2, forecast=1)
+    with policy.attach(m, total_calls=3):
+        a, b = m(x, t, **LABELS), m(x + 0.1, t, **LABELS)
+        c = m(x + 0.2, t, **LABELS)
+        active = policy._active
+    tokens = torch.zeros(2, (16 // 2) ** 2, 4 * m.cfg.output_channels)
+    tokens.scatter_(1, active[..., None].expand(-1, -1, tokens.shape[-1]), 1.0)
+    computed = m.x_embedder.unpatchify(tokens, (8, 8), m.cfg.output_channels).bool()
+    assert computed.float().mean() == pytest.approx(0.25, abs=0.02)
+    line = 2 * b - a
+    torch.testing.assert_close(c[~computed], line[~computed], atol=1e-5, rtol=1e-5)
+    assert (c[computed] - line[computed]).abs().max() > 1e-3
+
+
+def test_forecast_and_change_metric_stay_close_to_dense():
+    m = tiny()
+    ref = draw(m, steps=12)
+    for kw in ({"forecast": 1}, {"metric": "change"}, {"forecast": 1, "metric": "change"}):
+        policy = RegionAdaptive(ratio=0.5, warmup=4, **kw)
+        out = draw(m, policy, steps=12)
+        assert policy.nfe_equivalent() == pytest.approx(4 + 8 * 0.5)
+        assert ((out - ref).norm() / ref.norm()).item() < 0.05, kw
+
+
+@pytest.mark.parametrize("kw, match", [({"forecast": 2}, "forecast must be 0"), ({"forecast": True}, "forecast"),
+                                       ({"metric": "mean"}, "metric must be one of")])
+def test_invalid_forecast_or_metric(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RegionAdaptive(**kw)

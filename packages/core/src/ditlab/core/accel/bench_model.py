@@ -33,11 +33,16 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int) -> torch
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
 
 
-def shapes_model(size: int = 32) -> DiT:
-    """The benchmark DiT at `size` x `size`: patch 2, hidden 128, depth 6, 4 heads, diffusers-compatible."""
-    return DiT(token_kind="2d", in_channels=1, input_size=[size, size], patch_size=2, hidden_size=128, depth=6,
-               num_heads=4, num_classes=len(demo.CLASSES), class_dropout_prob=0.1, pos_embed="sincos",
-               time_freq_shift=1.0, norm_eps=1e-6, mlp_norm_eps=1e-5)
+WIDTHS = {"base": (128, 6, 4), "S": (384, 12, 6)}  # (hidden, depth, heads); "S" is DiT-S's trunk
+
+
+def shapes_model(size: int = 32, width: str = "base") -> DiT:
+    """The benchmark DiT at `size` x `size`, patch 2, diffusers-compatible: hidden 128, depth 6, 4 heads
+    ("base", shapes32 and shapes64), or DiT-S's hidden 384, depth 12, 6 heads ("S", 33M parameters)."""
+    hidden, depth, heads = WIDTHS[width]
+    return DiT(token_kind="2d", in_channels=1, input_size=[size, size], patch_size=2, hidden_size=hidden,
+               depth=depth, num_heads=heads, num_classes=len(demo.CLASSES), class_dropout_prob=0.1,
+               pos_embed="sincos", time_freq_shift=1.0, norm_eps=1e-6, mlp_norm_eps=1e-5)
 
 
 def load_shapes32(weights: str | Path | None = None) -> DiT:
@@ -51,7 +56,7 @@ def _loss(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Te
 
 
 def train_shapes(size: int, steps: int, output_dir: str | Path, batch: int = RECIPE["batch"], init: DiT | None = None,
-                 progress: bool = False) -> tuple[DiT, dict]:
+                 progress: bool = False, width: str = "base") -> tuple[DiT, dict]:
     """Train the shapes DiT at `size` for `steps` steps with checkpoints in `output_dir` (a rerun resumes
     there), starting from the weights of `init` (a shapes DiT of any size: positions are not learned) or from
     scratch; returns the EMA model and the trainer's summary, with the training seconds of all sessions."""
@@ -59,7 +64,7 @@ def train_shapes(size: int, steps: int, output_dir: str | Path, batch: int = REC
     from ditlab.core.training.trainer import LOG_NAME
 
     torch.manual_seed(RECIPE["seed"])
-    model = shapes_model(size)
+    model = shapes_model(size, width)
     if init is not None:
         model.load_state_dict(init.state_dict())
     cfg = TrainConfig(steps=steps, lr=RECIPE["lr"], warmup_steps=RECIPE["warmup"], grad_clip=1.0,
@@ -87,6 +92,12 @@ def shapes64(steps: int, batch: int) -> tuple[DiT, dict]:
     resumed there when it has fewer than `steps` steps, loaded as it is when it has as many or more. Not shipped:
     from scratch, 200 steps at 1024 tokens on this CPU still sample noise; from shapes32 it only has to adapt."""
     return train_shapes(64, steps, cache_dir() / "shapes64", batch=batch, init=load_shapes32())
+
+
+def shapes32_s(steps: int, batch: int) -> tuple[DiT, dict]:
+    """The DiT-S-size precision subject (32x32, 256 tokens, the size of issue 4's probe), trained from scratch in
+    `cache_dir()` on first use and resumed or loaded like `shapes64`. Not shipped: 33M parameters (66 MB in fp16)."""
+    return train_shapes(32, steps, cache_dir() / "shapes32-S", batch=batch, width="S")
 
 
 @torch.no_grad()

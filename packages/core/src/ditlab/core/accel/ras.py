@@ -14,6 +14,10 @@ only on a fraction `ratio` of the tokens, those in the model's focus; every othe
   tokens refresh their entries. RoPE angles and sin-cos positions are those of each token's position.
 - Dense calls: the first `warmup`, every `dense_every`-th after them, and the first after a change of
   input shape; they recompute everything and refill the caches, which stops errors from accumulating.
+- Options beyond the paper: `forecast=1` extrapolates a skipped token's output linearly in the call index
+  from its last two computations (a per-token first-order TaylorSeer; the paper reuses the last output),
+  and `metric="change"` ranks tokens by how fast their output changed between those two computations
+  (per call), in place of the spread of the prediction.
 
 Cost: a sparse call costs about `ratio` of a dense one in the projections and MLPs, and `ratio` of the
 attention too (ratio x T queries against T keys); `nfe_equivalent()` sums computed / total tokens over
@@ -52,6 +56,9 @@ def _rope_per_row(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return out.reshape(h, b, k, dh).transpose(0, 1)
 
 
+METRICS = ("std", "change")
+
+
 class RegionAdaptive(CachePolicy):
     """RAS: after `warmup` dense calls, recompute only the `ratio` fraction of tokens in focus per call.
 
@@ -59,18 +66,27 @@ class RegionAdaptive(CachePolicy):
     the warm-up dense; `starvation` >= 0 is the growth rate of a skipped token's priority per skipped
     call (0: pure metric, tokens in flat regions may never be recomputed). `stats` adds to the common
     counters `tokens_computed`, `tokens_total`, `token_fraction` and `max_skipped` (the most consecutive
-    calls any token went without being computed). For 2d and 3d token models without window attention.
+    calls any token went without being computed). `forecast` 0 reuses a skipped token's last output, 1
+    extrapolates it from its last two; `metric` "std" (RAS's) or "change" ranks the tokens. For 2d and 3d
+    token models without window attention.
     """
 
-    def __init__(self, ratio: float = 0.5, warmup: int = 4, dense_every: int = 0, starvation: float = 0.5):
+    def __init__(self, ratio: float = 0.5, warmup: int = 4, dense_every: int = 0, starvation: float = 0.5,
+                 forecast: int = 0, metric: str = "std"):
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
             raise ValueError(f"ratio must lie in (0, 1] (the fraction of tokens recomputed per call), got {ratio!r}")
         if isinstance(starvation, bool) or not isinstance(starvation, int | float) or not starvation >= 0:
             raise ValueError(f"starvation must be a number >= 0, got {starvation!r}")
+        if isinstance(forecast, bool) or forecast not in (0, 1):
+            raise ValueError(f"forecast must be 0 (reuse a skipped token's last output) or 1 (extrapolate it "
+                             f"linearly from its last two), got {forecast!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.ratio, self.starvation = float(ratio), float(starvation)
         self.warmup = _check_int("warmup", warmup, 0)
         self.dense_every = _check_int("dense_every", dense_every, 0)
+        self.forecast, self.metric = forecast, metric
 
     def attach(self, model: nn.Module, total_calls: int) -> contextlib.AbstractContextManager:
         """Like every cache policy, plus `model.final_layer.forward`, which RAS overrides as well."""
@@ -105,6 +121,10 @@ class RegionAdaptive(CachePolicy):
         self._out: torch.Tensor | None = None  # (B, T, prod(patch) * C_out), the final layer's last output
         self._skipped: torch.Tensor | None = None  # (B, T) consecutive calls each token was not computed
         self._active: torch.Tensor | None = None  # (B, k) tokens computed by the current call; None: all
+        self._prev: torch.Tensor | None = None  # like _out: each token's output before its last computation
+        self._at: torch.Tensor | None = None  # (B, T) call index of each token's last computation
+        self._gap: torch.Tensor | None = None  # (B, T) calls between each token's last two computations
+        self._index = 0
 
     def _dense(self, index: int, active: int, total: int) -> bool:
         after = index - self.warmup
@@ -114,14 +134,19 @@ class RegionAdaptive(CachePolicy):
     def _select(self, active: int) -> torch.Tensor:
         """Per batch row, the `active` tokens of highest focus score, in token order: (B, k)."""
         pred = self._out.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
-        spread = pred.flatten(2).float().std(dim=-1)  # (B, T)
-        score = spread.clamp_min(1e-12).log() + self.starvation * self._skipped
+        if self.metric == "change" and self._prev is not None:
+            prev = self._prev.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
+            focus = (pred - prev).flatten(2).float().abs().mean(dim=-1) / self._gap.clamp_min(1)  # change per call
+        else:
+            focus = pred.flatten(2).float().std(dim=-1)  # (B, T)
+        score = focus.clamp_min(1e-12).log() + self.starvation * self._skipped
         return score.topk(active, dim=1).indices.sort(dim=1).values
 
     def step(self, call: _Call, tokens: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
         b, total, _ = tokens.shape
         active = max(1, math.ceil(self.ratio * total - 1e-9))
         rope = call.rope
+        self._index = call.index
         if self._dense(call.index, active, total):
             active, self._active = total, None
             self._skipped = torch.zeros(b, total, dtype=torch.long, device=tokens.device)
@@ -179,11 +204,22 @@ class RegionAdaptive(CachePolicy):
         """Wrap the final layer: its output for the active tokens is scattered into the last full output."""
 
         def final_layer(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            out = forward(x, c)
-            if self._active is not None:
-                rows = self._active[..., None].expand(-1, -1, out.shape[-1])
-                out = self._out.scatter(1, rows, out.to(self._out.dtype))
-            self._out = out
-            return out
+            out, n = forward(x, c), self._index
+            if self._active is None:
+                if self._out is not None and self._out.shape == out.shape:
+                    self._prev, self._gap = self._out, n - self._at
+                self._out, self._at = out, torch.full(out.shape[:2], n, dtype=torch.long, device=out.device)
+                return out
+            idx = self._active
+            rows = idx[..., None].expand(-1, -1, out.shape[-1])
+            if self._prev is not None:
+                self._prev = self._prev.scatter(1, rows, self._out.gather(1, rows))
+                self._gap = self._gap.scatter(1, idx, n - self._at.gather(1, idx))
+            self._out = self._out.scatter(1, rows, out.to(self._out.dtype))
+            self._at = self._at.scatter(1, idx, n)
+            if not self.forecast or self._prev is None:
+                return self._out
+            age = (n - self._at).to(out.dtype) / self._gap.clamp_min(1).to(out.dtype)  # 0 for computed tokens
+            return torch.addcmul(self._out, self._out - self._prev, age[..., None])
 
         return final_layer
