@@ -65,3 +65,12 @@ def test_accel_benchmark_writes_the_report_schema(tmp_path, one_thread):
             if r["method"] == "diffusers uncached" and r["metric"] == "PSNR vs ditlab uncached (dB)"]
     assert same and same[0] > 60  # identical weights: the two engines agree to fp32 rounding
     assert "| method |" in printed[0] and list(tmp_path.iterdir()) == [out]
+    assert any(r["task"].startswith("precision and compile (cpu): shapes32,") for r in report["rows"])
+
+
+def test_precision_rows_use_the_precision_subject(one_thread):
+    subjects = bench.Subjects(demo=tiny_dit(1), shapes32=tiny_dit(2), ras=tiny_dit(3), ras_note="tiny",
+                              precision=tiny_dit(4), precision_note="tiny-S")
+    report = bench.run(TINY, subjects=subjects, echo=lambda _: None)
+    tasks = {r["task"] for r in report["rows"] if r["task"].startswith("precision")}
+    assert tasks == {"precision and compile (cpu): tiny-S, 3 Euler steps, batch 2; baseline diffusers fp32 eager"}

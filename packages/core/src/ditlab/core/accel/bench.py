@@ -6,7 +6,9 @@ one network call) from one fixed noise draw and label set per task:
 - cache policies on the demo model (16 tokens) and on shapes32 (256 tokens);
 - diffusers' `TaylorSeerCacheConfig` and `FirstBlockCacheConfig` hooks on shapes32 converted to a diffusers
   `DiTTransformer2DModel` (`dit_to_diffusers`, same weights), sampled by the same sampler;
-- bf16 autocast, `compile_blocks` and the best cache on shapes32 against diffusers fp32 eager;
+- bf16 autocast, `compile_blocks` and shapes32's best cache against diffusers fp32 eager, on shapes32-S (DiT-S
+  size, the size of issue 4's probe; trained in the benchmark cache on first use, not shipped) in the full run
+  and on shapes32 in the quick one;
 - RAS on a 1024-token model (shapes64, trained in the benchmark cache on first use, not shipped);
 - on a GPU, the fused kernels' bandwidth against copy bandwidth and end-to-end compile / fp8 speed-ups.
 
@@ -74,13 +76,16 @@ class AccelSize:
     taylor: tuple[tuple[int, int], ...]  # (interval, order)
     fbc: tuple[float, ...]
     ras_ratios: tuple[float, ...]
+    precision_width: str = "base"  # "S": the precision rows use shapes32-S (DiT-S size, trained in the cache)
+    precision_train_steps: int = 0
+    precision_train_batch: int = 16
     reference_factor: int = 2
 
 
 FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8, precision_batch=16, ras_batch=2,
                  ras_train_steps=200, ras_train_batch=8, compile=True, fora=(2, 3, 4), delta_dit=(2,),
                  taylor=tuple((i, o) for i in (2, 3, 4) for o in (1, 2)), fbc=(0.05, 0.1, 0.2),
-                 ras_ratios=(0.25, 0.5, 0.75))
+                 ras_ratios=(0.25, 0.5, 0.75), precision_width="S", precision_train_steps=300)
 QUICK = AccelSize(steps=50, guidance=2.0, repeats=1, demo_batch=4, cache_batch=2, precision_batch=4, ras_batch=1,
                   ras_train_steps=30, ras_train_batch=8, compile=False, fora=(3,), delta_dit=(2,), taylor=((3, 2),),
                   fbc=(0.1,), ras_ratios=(0.5,))
@@ -88,12 +93,15 @@ QUICK = AccelSize(steps=50, guidance=2.0, repeats=1, demo_batch=4, cache_batch=2
 
 @dataclass
 class Subjects:
-    """The models benchmarked: the demo model, the 256-token cache subject and the >= 1024-token RAS subject."""
+    """The models benchmarked: the demo model, the 256-token cache subject, the >= 1024-token RAS subject and
+    the precision subject (shapes32 itself, or the DiT-S-size shapes32-S)."""
 
     demo: DiT
     shapes32: DiT
     ras: DiT
     ras_note: str = ""
+    precision: DiT | None = None  # None: shapes32
+    precision_note: str = "shapes32"
 
 
 @dataclass
@@ -346,7 +354,7 @@ def diffusers_task(report: Report, model: DiT, inputs: Inputs, reference: torch.
 
 
 def precision_task(report: Report, model: DiT, inputs: Inputs, reference: torch.Tensor, size: AccelSize,
-                   best_cache: str, device: torch.device) -> tuple[dict, str]:
+                   best_cache: str, device: torch.device, name: str = "shapes32") -> tuple[dict, str]:
     """Precision and compile rows against diffusers fp32 eager; returns the summary and the cached method's name."""
     model = copy.deepcopy(model).to(device)
     bf16 = functools.partial(precision.autocast, device, "bf16", allow_fallback=True)
@@ -365,7 +373,7 @@ def precision_task(report: Report, model: DiT, inputs: Inputs, reference: torch.
             compiled += ("ditlab fp8 (torchao) + compile_blocks",)
     cached = f"{fast_name} + {best_cache}"
     methods[cached] = ours(fast, inputs, size, policies(size)[best_cache], bf16)
-    task = (f"precision and compile ({device.type}): shapes32, {size.steps} Euler steps, batch {len(inputs.x_T)}; "
+    task = (f"precision and compile ({device.type}): {name}, {size.steps} Euler steps, batch {len(inputs.x_T)}; "
             f"baseline {base}")
     return report.task(task, measure(methods, size), base, reference, compiled), cached
 
@@ -403,7 +411,13 @@ def load_subjects(size: AccelSize) -> Subjects:
     ras, summary = bench_model.shapes64(size.ras_train_steps, size.ras_train_batch)
     note = (f"shapes64 (shapes32 fine-tuned {summary['step']} steps at 64x64, batch {size.ras_train_batch}, in "
             f"{bench_model.cache_dir()}; not shipped)")
-    return Subjects(load_demo(), bench_model.load_shapes32(), ras, note)
+    subjects = Subjects(load_demo(), bench_model.load_shapes32(), ras, note)
+    if size.precision_width == "S":
+        subjects.precision, s_summary = bench_model.shapes32_s(size.precision_train_steps, size.precision_train_batch)
+        subjects.precision_note = (f"shapes32-S (DiT-S trunk: hidden 384, depth 12, 6 heads, 256 tokens; trained "
+                                   f"{s_summary['step']} steps, batch {size.precision_train_batch}, in "
+                                   f"{bench_model.cache_dir()}; not shipped)")
+    return subjects
 
 
 def run(size: AccelSize, json_path: Path | None = None, subjects: Subjects | None = None,
@@ -423,8 +437,14 @@ def run(size: AccelSize, json_path: Path | None = None, subjects: Subjects | Non
 
     policy_rows = {k: v for k, v in s32.items() if k != UNCACHED}
     best = _best(policy_rows, CACHE_LOSS_DB) or min(policy_rows, key=lambda k: policy_rows[k]["loss"])
-    prec_in, prec_ref = s32_in.take(size.precision_batch), s32_ref[: size.precision_batch]
-    prec = precision_task(report, subjects.shapes32, prec_in, prec_ref, size, best, torch.device("cpu"))
+    prec_model = subjects.precision if subjects.precision is not None else subjects.shapes32
+    if subjects.precision is None:
+        prec_in, prec_ref = s32_in.take(size.precision_batch), s32_ref[: size.precision_batch]
+    else:
+        prec_in = make_inputs(prec_model, size.precision_batch)
+        prec_ref = reference(prec_model, prec_in, size)
+    prec = precision_task(report, prec_model, prec_in, prec_ref, size, best, torch.device("cpu"),
+                          subjects.precision_note)
 
     ras_in = make_inputs(subjects.ras, size.ras_batch)
     ras_ref = reference(subjects.ras, ras_in, size)
@@ -432,7 +452,7 @@ def run(size: AccelSize, json_path: Path | None = None, subjects: Subjects | Non
 
     kernels = kernel_rows(report)
     if kernels is not None:
-        precision_task(report, subjects.shapes32, prec_in, prec_ref, size, best, torch.device("cuda"))
+        precision_task(report, prec_model, prec_in, prec_ref, size, best, torch.device("cuda"), subjects.precision_note)
     _goals(report, size.steps, demo, s32, hooks, prec, ras, kernels)
     out = {"machine": describe_machine(torch.device("cpu")),
            "date": datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -33,6 +33,7 @@ def render(labels: torch.Tensor, generator: torch.Generator, size: int) -> torch
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
 
 
+S_LR = 5e-4  # the S-size subject's peak learning rate (1e-3 is for the small models)
 WIDTHS = {"base": (128, 6, 4), "S": (384, 12, 6)}  # (hidden, depth, heads); "S" is DiT-S's trunk
 
 
@@ -56,7 +57,7 @@ def _loss(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Te
 
 
 def train_shapes(size: int, steps: int, output_dir: str | Path, batch: int = RECIPE["batch"], init: DiT | None = None,
-                 progress: bool = False, width: str = "base") -> tuple[DiT, dict]:
+                 progress: bool = False, width: str = "base", lr: float = RECIPE["lr"]) -> tuple[DiT, dict]:
     """Train the shapes DiT at `size` for `steps` steps with checkpoints in `output_dir` (a rerun resumes
     there), starting from the weights of `init` (a shapes DiT of any size: positions are not learned) or from
     scratch; returns the EMA model and the trainer's summary, with the training seconds of all sessions."""
@@ -67,7 +68,7 @@ def train_shapes(size: int, steps: int, output_dir: str | Path, batch: int = REC
     model = shapes_model(size, width)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    cfg = TrainConfig(steps=steps, lr=RECIPE["lr"], warmup_steps=RECIPE["warmup"], grad_clip=1.0,
+    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=RECIPE["warmup"], grad_clip=1.0,
                       ema_decay=RECIPE["ema_decay"], seed=RECIPE["seed"], mixed_precision=RECIPE["precision"],
                       output_dir=str(output_dir), checkpoint_every=RECIPE["checkpoint_every"], progress=progress)
 
@@ -97,7 +98,7 @@ def shapes64(steps: int, batch: int) -> tuple[DiT, dict]:
 def shapes32_s(steps: int, batch: int) -> tuple[DiT, dict]:
     """The DiT-S-size precision subject (32x32, 256 tokens, the size of issue 4's probe), trained from scratch in
     `cache_dir()` on first use and resumed or loaded like `shapes64`. Not shipped: 33M parameters (66 MB in fp16)."""
-    return train_shapes(32, steps, cache_dir() / "shapes32-S", batch=batch, width="S")
+    return train_shapes(32, steps, cache_dir() / "shapes32-S", batch=batch, width="S", lr=S_LR)
 
 
 @torch.no_grad()

@@ -22,8 +22,9 @@ only on a fraction `ratio` of the tokens, those in the model's focus; every othe
 Cost: a sparse call costs about `ratio` of a dense one in the projections and MLPs, and `ratio` of the
 attention too (ratio x T queries against T keys); `nfe_equivalent()` sums computed / total tokens over
 calls. Memory: K and V of every block for the whole batch (2 x depth x B x T x hidden_size values).
-RAS runs the blocks through its own loop, so `compile_blocks` does not apply to it; inference only
-(caches are updated in place).
+RAS runs each block with a key/value hook (`DiTBlock.forward(..., kv=...)`) that completes the keys and
+values from its cache; the changing token subsets make `compile_blocks` recompile, so leave it off; inference
+only (caches are updated in place).
 
     with RegionAdaptive(ratio=0.5).attach(model, total_calls=50): ...   # or sample(..., cache=...)
 """
@@ -31,29 +32,19 @@ RAS runs the blocks through its own loop, so `compile_blocks` does not apply to 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ditlab.core import kernels
 from ditlab.core.accel.cache import CachePolicy, _Call, _check_int
 
 
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows `idx` (B, k) of every sample of x (B, T, C) -> (B, k, C)."""
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
-
-
-def _rope_per_row(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE with angles per batch row: x (B, H, k, Dh), cos and sin (B, k, Dh/2). The rows are laid end to
-    end as one sequence, the form the RoPE kernel takes."""
-    b, h, k, dh = x.shape
-    flat = x.transpose(0, 1).reshape(1, h, b * k, dh)
-    out = kernels.apply_rope(flat, cos.reshape(b * k, -1), sin.reshape(b * k, -1))
-    return out.reshape(h, b, k, dh).transpose(0, 1)
 
 
 METRICS = ("std", "change")
@@ -158,7 +149,8 @@ class RegionAdaptive(CachePolicy):
             self._skipped += 1
             self._skipped.scatter_(1, idx, 0)
         for i, block in enumerate(call.blocks):
-            tokens, ctx = self._block(i, block, tokens, call.c, rope, call.key_mask, ctx)
+            kv = functools.partial(self._keys_values, i)
+            tokens, ctx = block(tokens, call.c, rope, call.grid, call.key_mask, ctx, call.c, kv=kv)
         call.computed = self.depth * active / total
         stats = self.stats
         stats["tokens_computed"] += b * active
@@ -166,27 +158,6 @@ class RegionAdaptive(CachePolicy):
         stats["token_fraction"] = stats["tokens_computed"] / stats["tokens_total"]
         stats["max_skipped"] = max(stats["max_skipped"], int(self._skipped.max()))
         return tokens
-
-    def _block(self, i: int, block: nn.Module, x: torch.Tensor, c: torch.Tensor, rope, key_mask, ctx):
-        """`DiTBlock.forward` for the current call's tokens, with keys and values completed from the cache."""
-        heads = block.num_heads
-        mod = block.x.adaLN_modulation(c).chunk(6, dim=-1)
-        q, k, v = block.x.qkv_heads(x, mod, heads)
-        if rope is not None:
-            apply = kernels.apply_rope if self._active is None else _rope_per_row
-            q, k = apply(q, *rope), apply(k, *rope)
-        k, v = self._keys_values(i, k, v)
-        n_x = q.shape[2]
-        if ctx is not None:
-            cmod = block.ctx.adaLN_modulation(c).chunk(2 if block.ctx.pre_only else 6, dim=-1)
-            cq, ck, cv = block.ctx.qkv_heads(ctx, cmod, heads)
-            q, k, v = (torch.cat([a, b], dim=2) for a, b in zip((q, k, v), (cq, ck, cv), strict=True))
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
-        x = block.x.finish(x, out[:, :n_x], mod)
-        if ctx is not None and not block.ctx.pre_only:
-            ctx = block.ctx.finish(ctx, out[:, n_x:], cmod)
-        return x, ctx
 
     def _keys_values(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come. Sparse call: write

@@ -247,6 +247,15 @@ def window_merge(x: torch.Tensor, grid: tuple[int, ...], window: tuple[int, ...]
     return x.permute(*order).reshape(batch, -1, c)
 
 
+def rope_per_row(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE with angles per batch row: x (B, H, k, Dh), cos and sin (B, k, Dh/2). The rows are laid end to
+    end as one sequence, the form the RoPE kernel takes."""
+    b, h, k, dh = x.shape
+    flat = x.transpose(0, 1).reshape(1, h, b * k, dh)
+    out = kernels.apply_rope(flat, cos.reshape(b * k, -1), sin.reshape(b * k, -1))
+    return out.reshape(h, b, k, dh).transpose(0, 1)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -307,13 +316,20 @@ class DiTBlock(nn.Module):
         self.x = Stream(cfg)
         self.ctx = Stream(cfg, pre_only=index == cfg.depth - 1) if cfg.context_dim else None
 
-    def forward(self, x, c, rope=None, grid=(), key_mask=None, ctx=None, ctx_c=None):
-        """x (B, T, D), c (B, D); ctx (B, M, D) with its own conditioning ctx_c; key_mask (B, T + M)."""
+    def forward(self, x, c, rope=None, grid=(), key_mask=None, ctx=None, ctx_c=None, kv=None):
+        """x (B, T, D), c (B, D); ctx (B, M, D) with its own conditioning ctx_c; key_mask (B, T + M).
+
+        `kv(k, v) -> (k, v)`, if given, sees the token stream's keys and values (B, H, T, Dh) after RoPE and
+        may return longer ones: region-adaptive sampling passes only the tokens it recomputes (with RoPE
+        tables per batch row, (B, T, Dh/2)) and completes keys and values from its cache."""
         heads = self.num_heads
         mod = self.x.adaLN_modulation(c).chunk(6, dim=-1)
         q, k, v = self.x.qkv_heads(x, mod, heads)
         if rope is not None:
-            q, k = kernels.apply_rope(q, *rope), kernels.apply_rope(k, *rope)
+            apply = kernels.apply_rope if rope[0].ndim == 2 else rope_per_row
+            q, k = apply(q, *rope), apply(k, *rope)
+        if kv is not None:
+            k, v = kv(k, v)
         n_x = q.shape[2]
         if ctx is not None:
             cmod = self.ctx.adaLN_modulation(ctx_c).chunk(2 if self.ctx.pre_only else 6, dim=-1)
