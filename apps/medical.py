@@ -151,7 +151,8 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
     if not chosen:
         raise ValueError(f"{', '.join(METHOD_LABELS[m] for m in skipped)} are CT methods; for MRI choose TV, "
                          "TV 3D or a DiT method")
-    settings = rec.defaults(task).replace(steps=int(_number(steps, "DiT steps")))
+    tuned = rec.defaults(task)  # the slider sets the NFE; each task's tuned setting splits it into runs x steps
+    settings = tuned.replace(steps=max(1, round(int(_number(steps, "DiT NFE")) / tuned.samples)))
     settings.check()
 
     progress(0, desc="loading and measuring the volume")
@@ -210,9 +211,10 @@ def build_page() -> None:
             noise = gr.Number(0.01, label="Noise (x the RMS measurement)")
             methods = gr.CheckboxGroup([(label, m) for m, label in METHOD_LABELS.items()], value=["fbp", "tv", "dds"],
                                        label="Methods (FBP and SIRT are CT only)")
-            steps = gr.Slider(1, 100, value=rec.defaults("sparse-view").steps, step=1,
-                              label=f"DiT steps per run ({rec.defaults('sparse-view').samples} runs averaged: "
-                                    "NFE = steps x runs; fewer is faster)")
+            nfe = rec.defaults("sparse-view").steps * rec.defaults("sparse-view").samples
+            steps = gr.Slider(1, 100, value=nfe, step=1,
+                              label="DiT network evaluations (NFE; fewer is faster; MRI averages 3 runs of NFE / 3 "
+                                    "steps)")
             seed = gr.Number(0, precision=0, label="Seed (sample phantom, noise, sampling)")
             button = gr.Button("Reconstruct", variant="primary")
         with gr.Column(scale=2):

@@ -31,8 +31,8 @@ def test_reconstructs_the_quick_phantom(client):
     table = {row[0]: dict(zip(metrics["headers"], row, strict=True)) for row in metrics["data"]}
     assert list(table) == ["FBP", "TV", "DDS (DiT)"]
     assert table["TV"]["PSNR (dB)"] > table["FBP"]["PSNR (dB)"] + 3  # 8 views: TV well above FBP's streaks
-    samples = defaults("sparse-view").samples  # NFE = steps x averaged runs
-    assert table["DDS (DiT)"]["NFE"] == 2 * samples and table["FBP"]["NFE"] == 0
+    samples = defaults("sparse-view").samples  # the slider's NFE is split into averaged runs x steps
+    assert table["DDS (DiT)"]["NFE"] == max(1, round(2 / samples)) * samples and table["FBP"]["NFE"] == 0
     # the slice sliders span (X, Y, Z) = (64, 64, 32) and start mid-volume: axial, coronal, sagittal
     assert [(s["maximum"], s["value"]) for s in slices] == [(31, 16), (63, 32), (63, 32)]
     img = np.asarray(Image.open(axial))

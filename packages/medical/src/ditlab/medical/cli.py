@@ -48,6 +48,9 @@ def _cache(name: str):
             "fbcache": FirstBlockCache(threshold=0.05)}[name]
 
 
+STEPS_HELP = "Steps per DiT run (NFE = steps x runs averaged; default: the tuned setting, NFE 30)."
+
+
 def _settings(task: str, steps: int | None):
     """The tuned settings of `task`, with `steps` when given; checked."""
     from ditlab.medical.reconstruct import defaults
@@ -147,7 +150,7 @@ def reconstruct(
     method: str = typer.Option("dds", help="dds | dps | reddiff (DiT prior) | fbp | sirt | tv | tv3d"),
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
-    steps: int = typer.Option(None, help="NFE of the DiT methods (default: the tuned setting, <= 50)."),
+    steps: int = typer.Option(None, help=STEPS_HELP),
     cache: str = typer.Option("none", help=f"Feature cache for the DiT: {' | '.join(CACHES)}."),
     weights: Path = typer.Option(None, help="A prior weights folder (config.json + safetensors) to use instead."),
     seed: int = typer.Option(0),
@@ -186,7 +189,7 @@ def batch(
     method: str = typer.Option("dds", help="dds | dps | reddiff | fbp | sirt | tv | tv3d"),
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
-    steps: int = typer.Option(None, help="NFE of the DiT methods (default: the tuned setting)."),
+    steps: int = typer.Option(None, help=STEPS_HELP),
     weights: Path = typer.Option(None, help="A prior weights folder to use instead of the packaged one."),
     engine: str = typer.Option("local", help="local | ray"),
     resume: bool = typer.Option(True, help="Skip inputs already done according to the manifest."),
