@@ -143,15 +143,30 @@ def test_forecast_extrapolates_skipped_tokens_linearly():
 def test_forecast_and_change_metric_stay_close_to_dense():
     m = tiny()
     ref = draw(m, steps=12)
-    for kw in ({"forecast": 1}, {"metric": "change"}, {"forecast": 1, "metric": "change"}):
+    for kw in ({"forecast": 1}, {"forecast": 2}, {"metric": "change"}, {"forecast": 1, "metric": "change"}):
         policy = RegionAdaptive(ratio=0.5, warmup=4, **kw)
         out = draw(m, policy, steps=12)
         assert policy.nfe_equivalent() == pytest.approx(4 + 8 * 0.5)
         assert ((out - ref).norm() / ref.norm()).item() < 0.05, kw
 
 
-@pytest.mark.parametrize("kw, match", [({"forecast": 2}, "forecast must be 0"), ({"forecast": True}, "forecast"),
+@pytest.mark.parametrize("kw, match", [({"forecast": 3}, "forecast must be 0"), ({"forecast": True}, "forecast"),
                                        ({"metric": "mean"}, "metric must be one of")])
 def test_invalid_forecast_or_metric(kw, match):
     with pytest.raises(ValueError, match=match):
         RegionAdaptive(**kw)
+
+
+@torch.no_grad()
+def test_key_value_forecast_is_exact_for_an_unchanged_input():
+    """forecast=2 extrapolates the skipped tokens' keys and values from their last two computations; with
+    an input that does not change, both equal the fresh ones, so the sparse call repeats the dense one."""
+    m = tiny(pos_embed="rope")
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([300.0, 800.0])
+    policy = RegionAdaptive(ratio=0.3, warmup=2, forecast=2)
+    with policy.attach(m, total_calls=4):
+        dense = m(x, t, **LABELS)
+        m(x, t, **LABELS)
+        sparse = m(x, t, **LABELS)
+        assert policy._kv_prev[0] is not None and policy.stats["full_calls"] == 2
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)

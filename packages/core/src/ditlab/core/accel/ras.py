@@ -69,9 +69,9 @@ class RegionAdaptive(CachePolicy):
             raise ValueError(f"ratio must lie in (0, 1] (the fraction of tokens recomputed per call), got {ratio!r}")
         if isinstance(starvation, bool) or not isinstance(starvation, int | float) or not starvation >= 0:
             raise ValueError(f"starvation must be a number >= 0, got {starvation!r}")
-        if isinstance(forecast, bool) or forecast not in (0, 1):
-            raise ValueError(f"forecast must be 0 (reuse a skipped token's last output) or 1 (extrapolate it "
-                             f"linearly from its last two), got {forecast!r}")
+        if isinstance(forecast, bool) or forecast not in (0, 1, 2):
+            raise ValueError(f"forecast must be 0 (reuse a skipped token's last output), 1 (extrapolate it "
+                             f"linearly from its last two) or 2 (its keys and values too), got {forecast!r}")
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         self.ratio, self.starvation = float(ratio), float(starvation)
@@ -109,6 +109,7 @@ class RegionAdaptive(CachePolicy):
 
     def reset(self) -> None:
         self._kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # per block, all tokens
+        self._kv_prev: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # forecast=2
         self._out: torch.Tensor | None = None  # (B, T, prod(patch) * C_out), the final layer's last output
         self._skipped: torch.Tensor | None = None  # (B, T) consecutive calls each token was not computed
         self._active: torch.Tensor | None = None  # (B, k) tokens computed by the current call; None: all
@@ -160,16 +161,30 @@ class RegionAdaptive(CachePolicy):
         return tokens
 
     def _keys_values(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come. Sparse call: write
-        the active tokens' rows into the cache and return the whole cache."""
+        """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come (with `forecast=2`, the
+        previous ones too). Sparse call: write the active tokens' rows into the cache and return the whole
+        cache; with `forecast=2` the skipped tokens' rows are extrapolated from their last two computations."""
         if self._active is None:
+            if self.forecast == 2:
+                self._kv_prev[i] = self._kv[i] if self._at is not None else None
             self._kv[i] = k, v = k.contiguous(), v.contiguous()
             return k, v
-        cache_k, cache_v = self._kv[i]
         rows = self._active[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        cache_k.scatter_(2, rows, k.to(cache_k.dtype))
-        cache_v.scatter_(2, rows, v.to(cache_v.dtype))
-        return cache_k, cache_v
+        out = []
+        for j, new in enumerate((k, v)):
+            cache = self._kv[i][j]
+            prev = self._kv_prev[i][j] if self.forecast == 2 and self._kv_prev[i] is not None else None
+            if prev is None:
+                cache.scatter_(2, rows, new.to(cache.dtype))
+                out.append(cache)
+                continue
+            age = (self._index - self._at).to(cache.dtype) / self._gap.clamp_min(1).to(cache.dtype)  # (B, T)
+            guess = torch.addcmul(cache, cache - prev, age[:, None, :, None])
+            guess.scatter_(2, rows, new.to(cache.dtype))
+            prev.scatter_(2, rows, cache.gather(2, rows))
+            cache.scatter_(2, rows, new.to(cache.dtype))
+            out.append(guess)
+        return out[0], out[1]
 
     def _final_layer(self, forward):
         """Wrap the final layer: its output for the active tokens is scattered into the last full output."""
