@@ -12,7 +12,7 @@ from ditlab.core.models.interop import dit_to_diffusers
 
 TINY = bench.AccelSize(steps=3, guidance=2.0, repeats=1, demo_batch=2, cache_batch=2, precision_batch=2, ras_batch=2,
                        ras_train_steps=1, ras_train_batch=1, compile=False, fora=(2,), delta_dit=(2,),
-                       taylor=((2, 1),), fbc=(0.1,), ras_ratios=(0.5,))
+                       taylor=((2, 1),), fbc=(0.1,), ras=({"ratio": 0.5},))
 
 
 def tiny_dit(seed: int = 0, **overrides) -> DiT:

@@ -168,5 +168,5 @@ def test_key_value_forecast_is_exact_for_an_unchanged_input():
         dense = m(x, t, **LABELS)
         m(x, t, **LABELS)
         sparse = m(x, t, **LABELS)
-        assert policy._kv_prev[0] is not None and policy.stats["full_calls"] == 2
+        assert policy._kv_slope[0] is not None and policy.stats["full_calls"] == 2
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)

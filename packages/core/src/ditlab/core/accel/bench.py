@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import inspect
 import statistics
 import sys
 import time
@@ -57,6 +58,9 @@ M_PSNR, M_PSNR_REF, M_LOSS = "PSNR vs baseline (dB)", "PSNR vs reference (dB)", 
 METRICS = (M_WALL, M_SPEED, M_NFE, M_PSNR, M_PSNR_REF, M_LOSS)  # column order of the tables; others follow
 
 
+PAPER_RAS = {"ratio": 0.5, "forecast": 0, "starvation": 0.5}  # reuse of skipped outputs, as in the RAS paper
+
+
 @dataclass(frozen=True)
 class AccelSize:
     """Batches, repeats and the policy grid of one benchmark run."""
@@ -75,20 +79,21 @@ class AccelSize:
     delta_dit: tuple[int, ...]
     taylor: tuple[tuple[int, int], ...]  # (interval, order)
     fbc: tuple[float, ...]
-    ras_ratios: tuple[float, ...]
+    ras: tuple[dict, ...]  # RegionAdaptive keyword arguments
     precision_width: str = "base"  # "S": the precision rows use shapes32-S (DiT-S size, trained in the cache)
     precision_train_steps: int = 0
     precision_train_batch: int = 16
     reference_factor: int = 2
 
 
-FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8, precision_batch=16, ras_batch=2,
-                 ras_train_steps=200, ras_train_batch=8, compile=True, fora=(2, 3, 4), delta_dit=(2,),
+FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8, precision_batch=8, ras_batch=4,
+                 ras_train_steps=400, ras_train_batch=8, compile=True, fora=(2, 3, 4), delta_dit=(2,),
                  taylor=tuple((i, o) for i in (2, 3, 4) for o in (1, 2)), fbc=(0.05, 0.1, 0.2),
-                 ras_ratios=(0.25, 0.5, 0.75), precision_width="S", precision_train_steps=300)
+                 ras=(PAPER_RAS, {"ratio": 0.3}, {"ratio": 0.35}, {"ratio": 0.4}, {"ratio": 0.5}), precision_width="S",
+                 precision_train_steps=300)
 QUICK = AccelSize(steps=50, guidance=2.0, repeats=1, demo_batch=4, cache_batch=2, precision_batch=4, ras_batch=1,
                   ras_train_steps=30, ras_train_batch=8, compile=False, fora=(3,), delta_dit=(2,), taylor=((3, 2),),
-                  fbc=(0.1,), ras_ratios=(0.5,))
+                  fbc=(0.1,), ras=({"ratio": 0.5},))
 
 
 @dataclass
@@ -382,13 +387,20 @@ def ras_task(report: Report, model: DiT, inputs: Inputs, reference: torch.Tensor
              note: str) -> dict:
     """RegionAdaptive at each ratio against uncached sampling of `model`."""
     methods = {UNCACHED: ours(model, inputs, size)}
-    for ratio in size.ras_ratios:
-        methods[f"RegionAdaptive(ratio={ratio:g})"] = ours(model, inputs, size,
-                                                           functools.partial(RegionAdaptive, ratio=ratio))
+    for kw in size.ras:
+        methods[ras_name(kw)] = ours(model, inputs, size, functools.partial(RegionAdaptive, **kw))
     tokens = model.x_embedder.check(inputs.x_T[:1])
     task = (f"RAS: {note} ({tokens[0] * tokens[1]} tokens), {size.steps} Euler steps, batch {len(inputs.x_T)}; "
             f"baseline {UNCACHED}")
     return report.task(task, measure(methods, size), UNCACHED, reference)
+
+
+def ras_name(kw: dict) -> str:
+    """`RegionAdaptive(ratio=0.5, ...)` naming the ratio and every argument that differs from the default."""
+    defaults = {k: v.default for k, v in inspect.signature(RegionAdaptive).parameters.items()}
+    shown = {"ratio": kw.get("ratio", defaults["ratio"])}
+    shown.update({k: v for k, v in kw.items() if k != "ratio" and v != defaults[k]})
+    return f"RegionAdaptive({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 def kernel_rows(report: Report) -> list[dict] | None:

@@ -2,26 +2,32 @@
 
 A DiT's focus moves slowly from one sampling step to the next, and most of an image changes little per
 step. After a few full ("dense") warm-up calls, each call of the network therefore runs the transformer
-only on a fraction `ratio` of the tokens, those in the model's focus; every other token keeps the output
-(noise / velocity prediction) of the last call that computed it.
+only on a fraction `ratio` of the tokens, those in the model's focus; every other token keeps a cached
+output (noise / velocity prediction).
 
 - Focus metric (RAS's): the standard deviation of the current prediction over each token's patch
   (pixels x channels), times exp(`starvation` x the number of consecutive calls the token was skipped),
   so no region is left stale for long. Each batch row picks its own tokens (the same number per row, so
   the batch stays one tensor); the conditional and unconditional rows of a CFG batch are separate rows.
 - Attention: the active tokens attend to all tokens. Keys and values of the skipped tokens come from a
-  per-block cache holding each token's K/V from the last call that computed it, as in the paper; active
-  tokens refresh their entries. RoPE angles and sin-cos positions are those of each token's position.
+  per-block cache of each token's K/V from its computations; active tokens refresh their entries. RoPE
+  angles and sin-cos positions are those of each token's position.
+- Skipped tokens (`forecast`): 0 reuses a token's last output and K/V, as in the paper; 1 extrapolates its
+  output linearly in the call index from its last two computations (a per-token first-order TaylorSeer);
+  2 (default) extrapolates its keys and values the same way, so the active tokens attend to up-to-date
+  context. In `ditlab core benchmark --accel` (1024-token shapes64, 50 Euler steps) forecast=2 turned a
+  6-8 dB loss of the paper's reuse at ratio 0.5 into none.
+- `metric="change"` ranks tokens by how fast their output changed between their last two computations
+  (per call), in place of the spread of the prediction.
 - Dense calls: the first `warmup`, every `dense_every`-th after them, and the first after a change of
   input shape; they recompute everything and refill the caches, which stops errors from accumulating.
-- Options beyond the paper: `forecast=1` extrapolates a skipped token's output linearly in the call index
-  from its last two computations (a per-token first-order TaylorSeer; the paper reuses the last output),
-  and `metric="change"` ranks tokens by how fast their output changed between those two computations
-  (per call), in place of the spread of the prediction.
+  The defaults (`starvation` 2, `forecast` 2) are this project's; the paper's behaviour is
+  `RegionAdaptive(ratio, forecast=0, starvation=0.5)`.
 
 Cost: a sparse call costs about `ratio` of a dense one in the projections and MLPs, and `ratio` of the
 attention too (ratio x T queries against T keys); `nfe_equivalent()` sums computed / total tokens over
-calls. Memory: K and V of every block for the whole batch (2 x depth x B x T x hidden_size values).
+calls. Memory: K and V of every block for the whole batch (2 x depth x B x T x hidden_size values; twice
+that with forecast=2).
 RAS runs each block with a key/value hook (`DiTBlock.forward(..., kv=...)`) that completes the keys and
 values from its cache; the changing token subsets make `compile_blocks` recompile, so leave it off; inference
 only (caches are updated in place).
@@ -57,13 +63,13 @@ class RegionAdaptive(CachePolicy):
     the warm-up dense; `starvation` >= 0 is the growth rate of a skipped token's priority per skipped
     call (0: pure metric, tokens in flat regions may never be recomputed). `stats` adds to the common
     counters `tokens_computed`, `tokens_total`, `token_fraction` and `max_skipped` (the most consecutive
-    calls any token went without being computed). `forecast` 0 reuses a skipped token's last output, 1
-    extrapolates it from its last two; `metric` "std" (RAS's) or "change" ranks the tokens. For 2d and 3d
-    token models without window attention.
+    calls any token went without being computed). `forecast` 0 reuses a skipped token's last output and
+    keys/values, 1 extrapolates its output from its last two computations, 2 its keys and values too;
+    `metric` "std" (RAS's) or "change" ranks the tokens. For 2d and 3d token models without window attention.
     """
 
-    def __init__(self, ratio: float = 0.5, warmup: int = 4, dense_every: int = 0, starvation: float = 0.5,
-                 forecast: int = 0, metric: str = "std"):
+    def __init__(self, ratio: float = 0.5, warmup: int = 4, dense_every: int = 0, starvation: float = 2.0,
+                 forecast: int = 2, metric: str = "std"):
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
             raise ValueError(f"ratio must lie in (0, 1] (the fraction of tokens recomputed per call), got {ratio!r}")
@@ -109,7 +115,7 @@ class RegionAdaptive(CachePolicy):
 
     def reset(self) -> None:
         self._kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # per block, all tokens
-        self._kv_prev: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # forecast=2
+        self._kv_slope: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # forecast=2
         self._out: torch.Tensor | None = None  # (B, T, prod(patch) * C_out), the final layer's last output
         self._skipped: torch.Tensor | None = None  # (B, T) consecutive calls each token was not computed
         self._active: torch.Tensor | None = None  # (B, k) tokens computed by the current call; None: all
@@ -161,28 +167,33 @@ class RegionAdaptive(CachePolicy):
         return tokens
 
     def _keys_values(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come (with `forecast=2`, the
-        previous ones too). Sparse call: write the active tokens' rows into the cache and return the whole
-        cache; with `forecast=2` the skipped tokens' rows are extrapolated from their last two computations."""
+        """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come; with `forecast=2` also
+        their slope per call since each token's previous computation. Sparse call: write the active tokens'
+        rows into the cache and return the whole cache; with `forecast=2` the skipped tokens' rows are
+        extrapolated along their slope (one pass over the cache; the slopes change only where computed)."""
+        n = self._index
         if self._active is None:
-            if self.forecast == 2:
-                self._kv_prev[i] = self._kv[i] if self._at is not None else None
-            self._kv[i] = k, v = k.contiguous(), v.contiguous()
+            k, v = k.contiguous(), v.contiguous()
+            if self.forecast == 2 and self._at is not None:
+                gap = (n - self._at).clamp_min(1).to(k.dtype)[:, None, :, None]
+                self._kv_slope[i] = tuple((new - old) / gap for new, old in zip((k, v), self._kv[i], strict=True))
+            self._kv[i] = k, v
             return k, v
         rows = self._active[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        slopes = self._kv_slope[i] if self.forecast == 2 else None
         out = []
         for j, new in enumerate((k, v)):
-            cache = self._kv[i][j]
-            prev = self._kv_prev[i][j] if self.forecast == 2 and self._kv_prev[i] is not None else None
-            if prev is None:
-                cache.scatter_(2, rows, new.to(cache.dtype))
+            cache, new = self._kv[i][j], new.to(self._kv[i][j].dtype)
+            if slopes is None:
+                cache.scatter_(2, rows, new)
                 out.append(cache)
                 continue
-            age = (self._index - self._at).to(cache.dtype) / self._gap.clamp_min(1).to(cache.dtype)  # (B, T)
-            guess = torch.addcmul(cache, cache - prev, age[:, None, :, None])
-            guess.scatter_(2, rows, new.to(cache.dtype))
-            prev.scatter_(2, rows, cache.gather(2, rows))
-            cache.scatter_(2, rows, new.to(cache.dtype))
+            age = (n - self._at).to(cache.dtype)  # (B, T) calls since each token's last computation
+            guess = torch.addcmul(cache, slopes[j], age[:, None, :, None])
+            guess.scatter_(2, rows, new)
+            since = age.gather(1, self._active).clamp_min(1)[:, None, :, None]
+            slopes[j].scatter_(2, rows, (new - cache.gather(2, rows)) / since)
+            cache.scatter_(2, rows, new)
             out.append(guess)
         return out[0], out[1]
 
