@@ -86,6 +86,15 @@ def test_int8_weight_only_is_close():
     assert rel_err(model(*args), ref) < 5e-2
 
 
+@torch.no_grad()
+def test_int8_dynamic_is_close():
+    model, args = tiny_dit(), inputs()
+    ref = model(*args)
+    quantize(model, "int8_dynamic")
+    assert type(model.blocks[0].x.qkv.weight) is not torch.nn.Parameter
+    assert rel_err(model(*args), ref) < 5e-2
+
+
 def test_fp8_on_cpu_names_compute_capability():
     model = tiny_dit()
     with pytest.raises(RuntimeError, match="compute capability >= 8.9"):
@@ -96,7 +105,7 @@ def test_fp8_on_cpu_names_compute_capability():
 
 
 def test_unknown_scheme_lists_valid_ones():
-    with pytest.raises(ValueError, match="int8_weight_only.*fp8"):
+    with pytest.raises(ValueError, match="int8_weight_only.*int8_dynamic.*fp8"):
         quantize(tiny_dit(), "int4", allow_fallback=True)
 
 
