@@ -211,10 +211,10 @@ def build_page() -> None:
             noise = gr.Number(0.01, label="Noise (x the RMS measurement)")
             methods = gr.CheckboxGroup([(label, m) for m, label in METHOD_LABELS.items()], value=["fbp", "tv", "dds"],
                                        label="Methods (FBP and SIRT are CT only)")
-            nfe = rec.defaults("sparse-view").steps * rec.defaults("sparse-view").samples
-            steps = gr.Slider(1, 100, value=nfe, step=1,
-                              label="DiT network evaluations (NFE; fewer is faster; MRI averages 3 runs of NFE / 3 "
-                                    "steps)")
+            tuned = rec.defaults("sparse-view")
+            runs = ", ".join(f"{t} {rec.defaults(t).samples}" for t in rec.TASKS)
+            steps = gr.Slider(1, 100, value=tuned.steps * tuned.samples, step=1,
+                              label=f"DiT network evaluations (NFE; fewer is faster; split into averaged runs: {runs})")
             seed = gr.Number(0, precision=0, label="Seed (sample phantom, noise, sampling)")
             button = gr.Button("Reconstruct", variant="primary")
         with gr.Column(scale=2):

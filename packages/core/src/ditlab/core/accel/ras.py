@@ -15,8 +15,9 @@ output (noise / velocity prediction).
 - Skipped tokens (`forecast`): 0 reuses a token's last output and K/V, as in the paper; 1 extrapolates its
   output linearly in the call index from its last two computations (a per-token first-order TaylorSeer);
   2 (default) extrapolates its keys and values the same way, so the active tokens attend to up-to-date
-  context. In `ditlab core benchmark --accel` (1024-token shapes64, 50 Euler steps) forecast=2 turned a
-  6-8 dB loss of the paper's reuse at ratio 0.5 into none.
+  context. In `ditlab core benchmark --accel` (1024-token shapes64, 50 Euler steps) forecast=2 turned the
+  6.5 dB loss of the paper's reuse at ratio 0.5 into none, at a price: the extrapolation is a pass over
+  every block's K/V per call (1.40x instead of 1.67x at ratio 0.5 on 2 CPU threads; ratio 0.35: 1.88x).
 - `metric="change"` ranks tokens by how fast their output changed between their last two computations
   (per call), in place of the spread of the prediction.
 - Dense calls: the first `warmup`, every `dense_every`-th after them, and the first after a change of
@@ -51,6 +52,16 @@ from ditlab.core.accel.cache import CachePolicy, _Call, _check_int
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows `idx` (B, k) of every sample of x (B, T, C) -> (B, k, C)."""
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _per_token(x: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    """(B, T) -> a view that broadcasts against an `ndim`-dim tensor whose tokens lie along `dim`."""
+    return x.reshape(x.shape[0], *[1] * (dim - 1), x.shape[1], *[1] * (ndim - dim - 1))
+
+
+def _slope(new: torch.Tensor, old: torch.Tensor, calls: torch.Tensor, dim: int) -> torch.Tensor:
+    """Change per call of each token between two computations `calls` (B, T or B, k) calls apart."""
+    return (new - old) / _per_token(calls.clamp_min(1).to(new.dtype), dim, new.ndim)
 
 
 METRICS = ("std", "change")
@@ -119,9 +130,10 @@ class RegionAdaptive(CachePolicy):
         self._out: torch.Tensor | None = None  # (B, T, prod(patch) * C_out), the final layer's last output
         self._skipped: torch.Tensor | None = None  # (B, T) consecutive calls each token was not computed
         self._active: torch.Tensor | None = None  # (B, k) tokens computed by the current call; None: all
-        self._prev: torch.Tensor | None = None  # like _out: each token's output before its last computation
+        self._out_slope: torch.Tensor | None = None  # like _out: each token's output change per call between
+        #                                              its last two computations
         self._at: torch.Tensor | None = None  # (B, T) call index of each token's last computation
-        self._gap: torch.Tensor | None = None  # (B, T) calls between each token's last two computations
+        self._age: torch.Tensor | None = None  # (B, T) sparse call: calls since each token's last computation
         self._index = 0
 
     def _dense(self, index: int, active: int, total: int) -> bool:
@@ -132,9 +144,9 @@ class RegionAdaptive(CachePolicy):
     def _select(self, active: int) -> torch.Tensor:
         """Per batch row, the `active` tokens of highest focus score, in token order: (B, k)."""
         pred = self._out.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
-        if self.metric == "change" and self._prev is not None:
-            prev = self._prev.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
-            focus = (pred - prev).flatten(2).float().abs().mean(dim=-1) / self._gap.clamp_min(1)  # change per call
+        if self.metric == "change" and self._out_slope is not None:
+            slope = self._out_slope.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
+            focus = slope.flatten(2).float().abs().mean(dim=-1)  # change per call
         else:
             focus = pred.flatten(2).float().std(dim=-1)  # (B, T)
         score = focus.clamp_min(1e-12).log() + self.starvation * self._skipped
@@ -155,6 +167,7 @@ class RegionAdaptive(CachePolicy):
                 rope = tuple(r[idx] for r in rope)  # (B, k, Dh/2)
             self._skipped += 1
             self._skipped.scatter_(1, idx, 0)
+            self._age = (call.index - self._at).float()  # the same for every block and the final layer
         for i, block in enumerate(call.blocks):
             kv = functools.partial(self._keys_values, i)
             tokens, ctx = block(tokens, call.c, rope, call.grid, call.key_mask, ctx, call.c, kv=kv)
@@ -166,57 +179,52 @@ class RegionAdaptive(CachePolicy):
         stats["max_skipped"] = max(stats["max_skipped"], int(self._skipped.max()))
         return tokens
 
+    def _advance(self, cache: torch.Tensor, slope: torch.Tensor | None, new: torch.Tensor,
+                 dim: int) -> torch.Tensor:
+        """A sparse call's update of a per-token cache (tokens along `dim`), in place: the computed tokens get
+        their new values and, with a slope, their new change per call. Returns every token's value now: the
+        new one where computed, else the cached one extrapolated along its slope (without one, the cache)."""
+        idx = _per_token(self._active, dim, new.ndim).expand(new.shape)
+        new = new.to(cache.dtype)
+        if slope is None:
+            cache.scatter_(dim, idx, new)
+            return cache
+        now = torch.addcmul(cache, slope, _per_token(self._age.to(cache.dtype), dim, cache.ndim))
+        now.scatter_(dim, idx, new)
+        slope.scatter_(dim, idx, _slope(new, cache.gather(dim, idx), self._age.gather(1, self._active), dim))
+        cache.scatter_(dim, idx, new)
+        return now
+
     def _keys_values(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come; with `forecast=2` also
-        their slope per call since each token's previous computation. Sparse call: write the active tokens'
-        rows into the cache and return the whole cache; with `forecast=2` the skipped tokens' rows are
-        extrapolated along their slope (one pass over the cache; the slopes change only where computed)."""
-        n = self._index
+        their change per call since each token's previous computation. Sparse call: `_advance` the cache
+        (with `forecast=2` the skipped tokens' rows are extrapolated) and return all tokens' K and V."""
         if self._active is None:
             k, v = k.contiguous(), v.contiguous()
             if self.forecast == 2 and self._at is not None:
-                gap = (n - self._at).clamp_min(1).to(k.dtype)[:, None, :, None]
-                self._kv_slope[i] = tuple((new - old) / gap for new, old in zip((k, v), self._kv[i], strict=True))
+                calls = self._index - self._at
+                self._kv_slope[i] = tuple(_slope(a, b, calls, 2) for a, b in zip((k, v), self._kv[i], strict=True))
             self._kv[i] = k, v
             return k, v
-        rows = self._active[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        slopes = self._kv_slope[i] if self.forecast == 2 else None
-        out = []
-        for j, new in enumerate((k, v)):
-            cache, new = self._kv[i][j], new.to(self._kv[i][j].dtype)
-            if slopes is None:
-                cache.scatter_(2, rows, new)
-                out.append(cache)
-                continue
-            age = (n - self._at).to(cache.dtype)  # (B, T) calls since each token's last computation
-            guess = torch.addcmul(cache, slopes[j], age[:, None, :, None])
-            guess.scatter_(2, rows, new)
-            since = age.gather(1, self._active).clamp_min(1)[:, None, :, None]
-            slopes[j].scatter_(2, rows, (new - cache.gather(2, rows)) / since)
-            cache.scatter_(2, rows, new)
-            out.append(guess)
-        return out[0], out[1]
+        slopes = (self._kv_slope[i] if self.forecast == 2 else None) or (None, None)
+        k, v = (self._advance(cache, slope, new, 2) for cache, slope, new in zip(self._kv[i], slopes, (k, v),
+                                                                                 strict=True))
+        return k, v
 
     def _final_layer(self, forward):
-        """Wrap the final layer: its output for the active tokens is scattered into the last full output."""
+        """Wrap the final layer: the active tokens' output goes into the cached output of all tokens (with a
+        forecast, the skipped ones are extrapolated). The caller gets its own tensor: the cache changes in place."""
 
         def final_layer(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             out, n = forward(x, c), self._index
             if self._active is None:
                 if self._out is not None and self._out.shape == out.shape:
-                    self._prev, self._gap = self._out, n - self._at
-                self._out, self._at = out, torch.full(out.shape[:2], n, dtype=torch.long, device=out.device)
+                    self._out_slope = _slope(out, self._out, n - self._at, 1)
+                self._out, self._at = out.clone(), torch.full(out.shape[:2], n, dtype=torch.long, device=out.device)
                 return out
-            idx = self._active
-            rows = idx[..., None].expand(-1, -1, out.shape[-1])
-            if self._prev is not None:
-                self._prev = self._prev.scatter(1, rows, self._out.gather(1, rows))
-                self._gap = self._gap.scatter(1, idx, n - self._at.gather(1, idx))
-            self._out = self._out.scatter(1, rows, out.to(self._out.dtype))
-            self._at = self._at.scatter(1, idx, n)
-            if not self.forecast or self._prev is None:
-                return self._out
-            age = (n - self._at).to(out.dtype) / self._gap.clamp_min(1).to(out.dtype)  # 0 for computed tokens
-            return torch.addcmul(self._out, self._out - self._prev, age[..., None])
+            slope = self._out_slope
+            now = self._advance(self._out, slope, out, 1)
+            self._at.scatter_(1, self._active, n)
+            return now if self.forecast and slope is not None else self._out.clone()
 
         return final_layer
