@@ -54,13 +54,23 @@ def benchmark(
     json_path: Path = typer.Option(None, "--json", help="Also write the results as JSON here."),
     accel: bool = typer.Option(False, "--accel", help="Benchmark caches, RAS and precision/compile instead "
                                "(against the uncached sample and diffusers' cache hooks)."),
+    gpu: bool = typer.Option(False, "--gpu", help="With --accel: the CUDA tables (fused-kernel bandwidth, end-to-end "
+                             "bf16 / compile / fp8 / cache speed-ups) instead of the CPU ones."),
 ) -> None:
     """Our DiT against diffusers' DiTTransformer2DModel at the same size, in one process; with --accel, the
     sampling speed-ups and their quality cost."""
+    if gpu and not accel:
+        raise typer.BadParameter("--gpu goes with --accel")
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--gpu needs a CUDA GPU, and this machine or torch build has none; "
+                             "`ditlab core benchmark --accel` gives the CPU tables")
     if accel:
         from ditlab.core.accel import bench as accel_bench
 
-        accel_bench.main(quick=quick, json_path=json_path)
+        accel_bench.main(quick=quick, json_path=json_path, gpu=gpu)
         return
     from ditlab.core import bench
 
@@ -90,3 +100,7 @@ def main() -> None:
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         typer.echo(f"error: {str(e).strip(chr(39))}", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

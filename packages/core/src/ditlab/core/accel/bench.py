@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import inspect
 import statistics
@@ -372,10 +373,15 @@ def precision_task(report: Report, model: DiT, inputs: Inputs, reference: torch.
         fast, fast_name = precision.compile_blocks(copy.deepcopy(model)), "ditlab bf16 + compile_blocks"
         methods[fast_name] = ours(fast, inputs, size, precision_ctx=bf16)
         compiled = (fast_name,)
-        if device.type == "cuda":
-            fp8 = precision.compile_blocks(precision.quantize(copy.deepcopy(model), "fp8"))
-            methods["ditlab fp8 (torchao) + compile_blocks"] = ours(fp8, inputs, size, precision_ctx=bf16)
-            compiled += ("ditlab fp8 (torchao) + compile_blocks",)
+        scheme, ctx = ("fp8", bf16) if device.type == "cuda" else ("int8_dynamic", contextlib.nullcontext)
+        name_q = f"ditlab {scheme.replace('_', ' ')} (torchao) + compile_blocks"
+        try:
+            quantized = precision.compile_blocks(precision.quantize(copy.deepcopy(model), scheme))
+        except (ImportError, RuntimeError, ValueError) as err:  # torchao missing or too old for this torch
+            report.notes.append(f"{name_q}: not measured ({type(err).__name__}: {err})")
+        else:
+            methods[name_q] = ours(quantized, inputs, size, precision_ctx=ctx)
+            compiled += (name_q,)
     cached = f"{fast_name} + {best_cache}"
     methods[cached] = ours(fast, inputs, size, policies(size)[best_cache], bf16)
     task = (f"precision and compile ({device.type}): {name}, {size.steps} Euler steps, batch {len(inputs.x_T)}; "
@@ -416,6 +422,68 @@ def kernel_rows(report: Report) -> list[dict] | None:
         report.row(task, f"{r['kernel']}: {r['method']}", "GB/s", r["gb_per_s"])
         report.row(task, f"{r['kernel']}: {r['method']}", "fraction of copy bandwidth", r["of_copy_bandwidth"])
     return rows
+
+
+GPU = dataclasses.replace(FULL, precision_batch=64)  # a GPU needs a bigger batch than 8 to be busy
+GPU_CACHE = repr(TaylorSeer(interval=4, order=1))  # the cache row of the GPU tasks: G1's best on shapes32 (CPU run)
+XL_BATCH = 16
+
+
+def xl_model(seed: int = 0) -> DiT:
+    """A DiT-XL/2-size network (hidden 1152, depth 28, 16 heads; 4 x 32 x 32 latents -> 256 tokens, 1000
+    classes) with random weights, every one drawn N(0, 0.02) (the zero-initialised adaLN and output layers
+    too, so the blocks do work): a speed subject. PSNR on it measures numeric agreement, not sample quality."""
+    torch.manual_seed(seed)
+    model = DiT(token_kind="2d", in_channels=4, input_size=[32, 32], patch_size=2, hidden_size=1152, depth=28,
+                num_heads=16, num_classes=1000, class_dropout_prob=0.1, pos_embed="sincos", time_freq_shift=1.0,
+                norm_eps=1e-6, mlp_norm_eps=1e-5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.02)
+    return model.eval()
+
+
+def gpu_run(size: AccelSize = GPU, json_path: Path | None = None, echo: Callable[[str], object] = print) -> dict:
+    """`--accel --gpu`: fused-kernel bandwidth and end-to-end precision / compile / fp8 / cache speed-ups on CUDA,
+    on shapes32-S (trained in the benchmark cache on first use) and on a DiT-XL/2-size network."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("--gpu needs a CUDA GPU and this torch build or machine has none; run "
+                           "`ditlab core benchmark --accel` for the CPU tables")
+    dev = torch.device("cuda")
+    report = Report()
+    kernels = kernel_rows(report)
+    s_model, s_summary = bench_model.shapes32_s(size.precision_train_steps, size.precision_train_batch)
+    note = (f"shapes32-S (DiT-S trunk, 256 tokens; trained {s_summary['step']} steps, batch "
+            f"{size.precision_train_batch}, in {bench_model.cache_dir()}; not shipped)")
+    s_model = s_model.to(dev)
+    s_in = make_inputs(s_model, size.precision_batch)
+    prec = precision_task(report, s_model, s_in, reference(s_model, s_in, size), size, GPU_CACHE, dev, note)
+    xl = xl_model().to(dev)
+    xl_in = make_inputs(xl, XL_BATCH)
+    precision_task(report, xl, xl_in, reference(xl, xl_in, size), size, GPU_CACHE, dev,
+                   "DiT-XL/2 size (675M parameters, 256 tokens), random weights: PSNR is numeric agreement only")
+    del xl
+    _gpu_goals(report, kernels, prec[0])
+    out = {"machine": describe_machine(dev), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "rows": report.rows, "goals": report.goals}
+    echo(format_report(out, report.notes, size))
+    if json_path is not None:
+        write_json(out, Path(json_path))
+        echo(f"wrote {json_path}")
+    return out
+
+
+def _gpu_goals(report: Report, kernels: list[dict], s_summary: dict) -> None:
+    by = {(r["kernel"], r["method"]): r for r in kernels}
+    fused = by[("layernorm_modulate", "triton")]
+    eager = by[("layernorm_modulate", "torch eager")]
+    report.goal("G4 fused LayerNorm + modulate, fraction of measured copy bandwidth", ">= 0.8",
+                fused["of_copy_bandwidth"], fused["of_copy_bandwidth"] >= 0.8)
+    speed = eager["ms"] / fused["ms"]
+    report.goal("G4 fused LayerNorm + modulate vs eager PyTorch", ">= 1.5x", speed, speed >= 1.5)
+    _speed_goal(report, f"GPU end to end, shapes32-S: precision + compile vs diffusers fp32 eager at <= "
+                f"{PRECISION_LOSS_DB} dB loss", s_summary, PRECISION_LOSS_DB, 3.0, ("diffusers fp32 eager",))
 
 
 def load_subjects(size: AccelSize) -> Subjects:
@@ -543,6 +611,9 @@ def format_report(report: dict, notes: list[str], size: AccelSize) -> str:
     return "\n".join(lines)
 
 
-def main(quick: bool, json_path: Path | None) -> None:
-    """Entry point of `ditlab core benchmark --accel`."""
+def main(quick: bool, json_path: Path | None, gpu: bool = False) -> None:
+    """Entry point of `ditlab core benchmark --accel [--gpu]`."""
+    if gpu:
+        gpu_run(GPU, json_path)
+        return
     run(QUICK if quick else FULL, json_path)

@@ -1,8 +1,13 @@
-"""Triton kernels: one program per row of D channels, the whole row in one block, fp32 arithmetic.
+"""Triton kernels: each program normalises a tile of ROWS rows x D channels (whole rows in one block), in fp32.
 
 Each launcher takes the tensors the dispatcher validated and returns new tensors in the input's
 dtype. This module imports triton at the top; `ditlab.core.kernels` imports it only where Triton
 can run (CUDA, or the CPU with TRITON_INTERPRET=1, which must be set before this import).
+
+Launch shape: rows of DiT widths (384-4096 channels) are short, so one row per program leaves the GPU
+issuing tiny programs; a tile of several rows per program amortises that. `config` picks the rows per
+program and warps from the row width; `TUNING` overrides it per kernel (what the GPU sweep of
+`ditlab.core.kernels.bench.sweep` sets while it searches).
 """
 
 from __future__ import annotations
@@ -12,87 +17,107 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 16384  # widest row kept in one block
+TILE = 4096  # elements per program the default launch aims for
+TUNING: dict[str, tuple[int, int]] = {}  # kernel name -> (rows per program, warps), overriding `config`
 
 
-def _block(n: int) -> tuple[int, int]:
-    """Block size (a power of 2 >= n) and warp count for rows of n elements."""
+def config(name: str, n: int, n_rows: int) -> tuple[int, int, int]:
+    """(block, rows per program, warps) for `n_rows` rows of `n` elements: block is the power of 2 >= n."""
     block = triton.next_power_of_2(n)
     if block > MAX_BLOCK:
         raise ValueError(f"the Triton kernels hold a row in one block of at most {MAX_BLOCK} channels, got {n}")
-    return block, min(16, max(1, block // 256))
+    if name in TUNING:
+        rows, warps = TUNING[name]
+    else:
+        rows = max(1, min(TILE // block, triton.next_power_of_2(max(n_rows, 1))))
+        warps = min(16, max(1, rows * block // 512))
+    return block, rows, warps
 
 
 @triton.jit
 def _normalize(x, mask, D, eps):
-    """(x - mean) / sqrt(var + eps) over the valid entries of one fp32 row; 0 where masked."""
-    mean = tl.sum(x, axis=0) / D
-    diff = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(diff * diff, axis=0) / D
-    return diff * tl.rsqrt(var + eps)
+    """(x - mean) / sqrt(var + eps) along axis 1 of an fp32 tile (rows, BLOCK_D); 0 where masked."""
+    mean = tl.sum(x, axis=1) / D
+    diff = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(diff * diff, axis=1) / D
+    return diff * tl.rsqrt(var + eps)[:, None]
 
 
 @triton.jit
-def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, T, D, eps, BLOCK_D: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _tile(n_rows, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's row indices (ROWS,), column indices (BLOCK_D,) and the tile's validity mask."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_D)
-    mask = cols < D
-    mod = (row // T) * D + cols
-    x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < D)
+    return rows, cols, mask
+
+
+@triton.jit
+def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, n_rows, T, D, eps,
+                               ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows, cols, mask = _tile(n_rows, D, ROWS, BLOCK_D)
+    at = rows[:, None] * D + cols[None, :]
+    mod = (rows // T)[:, None] * D + cols[None, :]
+    x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
     shift = tl.load(shift_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     h = _normalize(x, mask, D, eps) * (1.0 + scale) + shift
-    tl.store(out_ptr + row * D + cols, h.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + at, h.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gated_residual_layernorm_modulate_kernel(
-    x_ptr, gate_ptr, y_ptr, shift_ptr, scale_ptr, x_out_ptr, h_out_ptr, T, D, eps, BLOCK_D: tl.constexpr
+    x_ptr, gate_ptr, y_ptr, shift_ptr, scale_ptr, x_out_ptr, h_out_ptr, n_rows, T, D, eps,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    mask = cols < D
-    mod = (row // T) * D + cols
-    x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
+    rows, cols, mask = _tile(n_rows, D, ROWS, BLOCK_D)
+    at = rows[:, None] * D + cols[None, :]
+    mod = (rows // T)[:, None] * D + cols[None, :]
+    x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32)
     gate = tl.load(gate_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     x_new = (x + gate * y).to(x_out_ptr.dtype.element_ty)
-    tl.store(x_out_ptr + row * D + cols, x_new, mask=mask)
+    tl.store(x_out_ptr + at, x_new, mask=mask)
     shift = tl.load(shift_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     # normalise the stored (rounded) residual, as the unfused ops would
     h = _normalize(x_new.to(tl.float32), mask, D, eps) * (1.0 + scale) + shift
-    tl.store(h_out_ptr + row * D + cols, h.to(h_out_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_out_ptr + at, h.to(h_out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, D, eps, BLOCK_D: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    mask = cols < D
-    x = tl.load(x_ptr + row * D + cols, mask=mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    out = x * tl.rsqrt(tl.sum(x * x, axis=0) / D + eps) * w
-    tl.store(out_ptr + row * D + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
+def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, n_rows, D, eps, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows, cols, mask = _tile(n_rows, D, ROWS, BLOCK_D)
+    at = rows[:, None] * D + cols[None, :]
+    x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    out = x * tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)[:, None] * w[None, :]
+    tl.store(out_ptr + at, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _rope_kernel(
-    x_ptr, cos_ptr, sin_ptr, out_ptr, H, L, stride_b, stride_h, stride_l, HALF, BLOCK_HALF: tl.constexpr
+    x_ptr, cos_ptr, sin_ptr, out_ptr, n_rows, H, L, stride_b, stride_h, stride_l, HALF,
+    ROWS: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # over (b, h, l) in order; x may be a strided view, out is contiguous
-    pos = row % L
-    head = (row // L) % H
-    batch = row // (L * H)
-    i = tl.arange(0, BLOCK_HALF)
-    mask = i < HALF
-    src = x_ptr + batch * stride_b + head * stride_h + pos * stride_l + 2 * i
+    # rows run over (b, h, l) in order; x may be a strided view (unit channel stride), out is contiguous
+    rows, i, mask = _tile(n_rows, HALF, ROWS, BLOCK_HALF)
+    pos = rows % L
+    head = (rows // L) % H
+    batch = rows // (L * H)
+    src = x_ptr + (batch * stride_b + head * stride_h + pos * stride_l)[:, None] + 2 * i[None, :]
     x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(src + 1, mask=mask, other=0.0).to(tl.float32)
-    c = tl.load(cos_ptr + pos * HALF + i, mask=mask, other=0.0).to(tl.float32)
-    s = tl.load(sin_ptr + pos * HALF + i, mask=mask, other=0.0).to(tl.float32)
-    dst = out_ptr + row * 2 * HALF + 2 * i
+    angle = pos[:, None] * HALF + i[None, :]
+    c = tl.load(cos_ptr + angle, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + angle, mask=mask, other=0.0).to(tl.float32)
+    dst = out_ptr + rows[:, None] * 2 * HALF + 2 * i[None, :]
     tl.store(dst, (x1 * c - x2 * s).to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(dst + 1, (x1 * s + x2 * c).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _grid(n_rows: int, rows: int) -> tuple[int]:
+    return (triton.cdiv(n_rows, rows),)
 
 
 def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
@@ -100,10 +125,10 @@ def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     x = x.contiguous()
     b, t, d = x.shape
     out = torch.empty_like(x)
-    block, warps = _block(d)
+    block, rows, warps = config("layernorm_modulate", d, b * t)
     if x.numel():
-        _layernorm_modulate_kernel[(b * t,)](x, shift.contiguous(), scale.contiguous(), out, t, d, eps,
-                                             BLOCK_D=block, num_warps=warps)
+        _layernorm_modulate_kernel[_grid(b * t, rows)](x, shift.contiguous(), scale.contiguous(), out, b * t, t, d,
+                                                       eps, ROWS=rows, BLOCK_D=block, num_warps=warps)
     return out
 
 
@@ -114,11 +139,11 @@ def gated_residual_layernorm_modulate(
     x, y = x.contiguous(), y.contiguous()
     b, t, d = x.shape
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
-    block, warps = _block(d)
+    block, rows, warps = config("gated_residual_layernorm_modulate", d, b * t)
     if x.numel():
-        _gated_residual_layernorm_modulate_kernel[(b * t,)](
-            x, gate.contiguous(), y, shift.contiguous(), scale.contiguous(), x_out, h_out, t, d, eps,
-            BLOCK_D=block, num_warps=warps)
+        _gated_residual_layernorm_modulate_kernel[_grid(b * t, rows)](
+            x, gate.contiguous(), y, shift.contiguous(), scale.contiguous(), x_out, h_out, b * t, t, d, eps,
+            ROWS=rows, BLOCK_D=block, num_warps=warps)
     return x_out, h_out
 
 
@@ -126,10 +151,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x (..., D), weight (D,) -> x / sqrt(mean(x^2) + eps) * weight."""
     x = x.contiguous()
     d = x.shape[-1]
+    n_rows = x.numel() // d if d else 0
     out = torch.empty_like(x)
-    block, warps = _block(d)
+    block, rows, warps = config("rms_norm", d, n_rows)
     if x.numel():
-        _rms_norm_kernel[(x.numel() // d,)](x, weight.contiguous(), out, d, eps, BLOCK_D=block, num_warps=warps)
+        _rms_norm_kernel[_grid(n_rows, rows)](x, weight.contiguous(), out, n_rows, d, eps, ROWS=rows, BLOCK_D=block,
+                                              num_warps=warps)
     return out
 
 
@@ -139,8 +166,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         x = x.contiguous()
     b, h, l, dh = x.shape
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    block, warps = _block(dh // 2)
+    block, rows, warps = config("apply_rope", dh // 2, b * h * l)
     if x.numel():
-        _rope_kernel[(b * h * l,)](x, cos.contiguous(), sin.contiguous(), out, h, l, x.stride(0), x.stride(1),
-                                   x.stride(2), dh // 2, BLOCK_HALF=block, num_warps=warps)
+        _rope_kernel[_grid(b * h * l, rows)](x, cos.contiguous(), sin.contiguous(), out, b * h * l, h, l, x.stride(0),
+                                             x.stride(1), x.stride(2), dh // 2, ROWS=rows, BLOCK_HALF=block,
+                                             num_warps=warps)
     return out
