@@ -13,19 +13,20 @@ python3 -c "import torch, triton, torchao, diffusers; print('torch', torch.__ver
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   python3 -m pytest -q -p no:cacheprovider tests/core/test_kernels.py 2>&1 | tee "$OUT/kernel-tests.log" | tail -5
 fi
-if [ "${SKIP_SWEEP:-0}" != 1 ]; then
-  python3 - <<'PY' 2>&1 | tail -30
-import json, os
-from ditlab.core.kernels.bench import sweep
-rows = sweep(rows=(1, 2, 4, 8), warps=(2, 4, 8, 16))
-json.dump(rows, open(os.path.join(os.environ["OUT"], "sweep.json"), "w"), indent=1)
-best = {}
-for r in rows:
-    if "ms" in r and (r["kernel"] not in best or r["ms"] < best[r["kernel"]]["ms"]):
-        best[r["kernel"]] = r
-for r in best.values():
-    print("best", r)
+# sweep the launch shapes, then run the GPU tables with the fastest (SWEEP=0: the defaults)
+timeout "${BENCH_TIMEOUT:-500}" python3 - <<'PY' 2>&1 | tee "$OUT/accel-gpu.log" | grep -v Warning
+import json, os, sys
+from pathlib import Path
+from ditlab.core.accel import bench
+from ditlab.core.kernels import triton_kernels
+from ditlab.core.kernels.bench import best_shapes, sweep
+
+out = Path(os.environ["OUT"])
+if os.environ.get("SWEEP", "1") == "1":
+    rows = sweep()
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1))
+    triton_kernels.TUNING.update(best_shapes(rows))
+    print("tuned", triton_kernels.TUNING, flush=True)
+sys.argv = ["ditlab", "core", "benchmark", "--accel", "--gpu", "--json", "benchmarks/accel-gpu.json"]
+bench.gpu_run(bench.GPU, out / "accel-gpu.json")
 PY
-fi
-timeout "${BENCH_TIMEOUT:-480}" python3 -m ditlab.core.cli core benchmark --accel --gpu --json "$OUT/accel-gpu.json" \
-  2>&1 | tee "$OUT/accel-gpu.log" | grep -v Warning

@@ -42,14 +42,15 @@ INTERPRETED = textwrap.dedent("""
         record(f"apply_rope {b, h, l, dh}", kernels.apply_rope(qkv[0], cos, sin, backend="triton"),
                reference.apply_rope(qkv[0], cos, sin))
 
-    from ditlab.core.kernels import triton_kernels  # a tile of 2 rows per program: tiles cross sample bounds
-    triton_kernels.TUNING.update({k: (2, 1) for k in ("layernorm_modulate", "gated_residual_layernorm_modulate",
-                                                      "rms_norm", "apply_rope")})
+    from ditlab.core.kernels import triton_kernels  # 2 rows per program (tiles cross samples), one-pass stats
+    triton_kernels.TUNING.update({k: (2, 1, True) for k in ("layernorm_modulate", "gated_residual_layernorm_modulate",
+                                                            "rms_norm", "apply_rope")})
     x, y = torch.randn(3, 3, 40), torch.randn(3, 3, 40)
     gate, shift, scale, w = torch.randn(3, 40), torch.randn(3, 40), torch.randn(3, 40), torch.randn(40)
     record("tuned layernorm_modulate", kernels.layernorm_modulate(x, shift, scale, backend="triton"),
            reference.layernorm_modulate(x, shift, scale))
-    record("tuned gated_residual", kernels.gated_residual_layernorm_modulate(x, gate, y, shift, scale, backend="triton"),
+    record("tuned gated_residual",
+           kernels.gated_residual_layernorm_modulate(x, gate, y, shift, scale, backend="triton"),
            reference.gated_residual_layernorm_modulate(x, gate, y, shift, scale))
     record("tuned rms_norm", kernels.rms_norm(x, w, backend="triton"), reference.rms_norm(x, w))
     q, cos, sin = torch.randn(1, 3, 3, 8), torch.randn(3, 4), torch.randn(3, 4)

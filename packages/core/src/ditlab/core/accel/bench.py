@@ -451,7 +451,11 @@ def gpu_run(size: AccelSize = GPU, json_path: Path | None = None, echo: Callable
         raise RuntimeError("--gpu needs a CUDA GPU and this torch build or machine has none; run "
                            "`ditlab core benchmark --accel` for the CPU tables")
     dev = torch.device("cuda")
+    from ditlab.core.kernels import triton_kernels
+
     report = Report()
+    report.notes.append(f"Triton launch shapes (rows per program, warps, one-pass statistics): "
+                        f"{triton_kernels.TUNING or 'the defaults of triton_kernels.config'}")
     kernels = kernel_rows(report)
     s_model, s_summary = bench_model.shapes32_s(size.precision_train_steps, size.precision_train_batch)
     note = (f"shapes32-S (DiT-S trunk, 256 tokens; trained {s_summary['step']} steps, batch "

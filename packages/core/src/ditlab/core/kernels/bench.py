@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Callable
 
@@ -82,25 +83,35 @@ def kernel_benchmark(
 
 
 def sweep(batch: int = 64, tokens: int = 1024, dim: int = 1152, heads: int = 16, repeats: int = 30,
-          rows: tuple[int, ...] = (1, 2, 4, 8, 16), warps: tuple[int, ...] = (1, 2, 4, 8, 16)) -> list[dict]:
-    """Time every Triton kernel at each (rows per program, warps) launch shape on CUDA (bf16): rows
-    {kernel, rows, warps, ms, gb_per_s}. What `triton_kernels.config` defaults to was chosen from this."""
+          rows: tuple[int, ...] = (1, 2, 4, 8), warps: tuple[int, ...] = (1, 2, 4, 8)) -> list[dict]:
+    """Time every Triton kernel at each launch shape (rows per program, warps; one- or two-pass statistics for
+    the LayerNorm kernels) on CUDA in bf16: rows {kernel, rows, warps, one_pass, ms, gb_per_s}."""
     from ditlab.core.kernels import triton_kernels
 
     dev = torch.device("cuda")
     out = []
     for name, _, args, nbytes in _cases(batch, tokens, dim, heads, dev, torch.bfloat16):
         fn = functools.partial(getattr(kernels, name), *args, backend="triton")
-        for r in rows:
-            for w in warps:
-                triton_kernels.TUNING[name] = (r, w)
-                try:
-                    with torch.no_grad():
-                        ms = _time_ms(fn, dev, repeats)
-                except Exception as err:  # a shape Triton cannot compile (too many registers, say)
-                    out.append({"kernel": name, "rows": r, "warps": w, "error": f"{type(err).__name__}: {err}"[:200]})
-                    continue
-                finally:
-                    triton_kernels.TUNING.pop(name, None)
-                out.append({"kernel": name, "rows": r, "warps": w, "ms": ms, "gb_per_s": nbytes / ms / 1e6})
+        passes = (False, True) if "layernorm" in name else (False,)
+        for r, w, one_pass in itertools.product(rows, warps, passes):
+            triton_kernels.TUNING[name] = (r, w, one_pass)
+            row = {"kernel": name, "rows": r, "warps": w, "one_pass": one_pass}
+            try:
+                with torch.no_grad():
+                    ms = _time_ms(fn, dev, repeats)
+            except Exception as err:  # a shape Triton cannot compile (too many registers, say)
+                out.append(row | {"error": f"{type(err).__name__}: {err}"[:200]})
+                continue
+            finally:
+                triton_kernels.TUNING.pop(name, None)
+            out.append(row | {"ms": ms, "gb_per_s": nbytes / ms / 1e6})
     return out
+
+
+def best_shapes(rows: list[dict]) -> dict[str, tuple[int, int, bool]]:
+    """The fastest launch shape per kernel in `sweep` rows, as `triton_kernels.TUNING` takes it."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if "ms" in r and (r["kernel"] not in best or r["ms"] < best[r["kernel"]]["ms"]):
+            best[r["kernel"]] = r
+    return {k: (r["rows"], r["warps"], r["one_pass"]) for k, r in best.items()}

@@ -18,28 +18,35 @@ import triton.language as tl
 
 MAX_BLOCK = 16384  # widest row kept in one block
 TILE = 4096  # elements per program the default launch aims for
-TUNING: dict[str, tuple[int, int]] = {}  # kernel name -> (rows per program, warps), overriding `config`
+# kernel name -> (rows per program, warps, one-pass statistics), overriding `config`
+TUNING: dict[str, tuple[int, int, bool]] = {}
 
 
-def config(name: str, n: int, n_rows: int) -> tuple[int, int, int]:
-    """(block, rows per program, warps) for `n_rows` rows of `n` elements: block is the power of 2 >= n."""
+def config(name: str, n: int, n_rows: int) -> tuple[int, int, int, bool]:
+    """(block, rows per program, warps, one-pass statistics) for `n_rows` rows of `n` elements; block is the
+    power of 2 >= n. One-pass: the LayerNorm kernels take sum(x) and sum(x^2) together (two independent
+    reductions) instead of the mean and then the squared deviations (two dependent ones)."""
     block = triton.next_power_of_2(n)
     if block > MAX_BLOCK:
         raise ValueError(f"the Triton kernels hold a row in one block of at most {MAX_BLOCK} channels, got {n}")
     if name in TUNING:
-        rows, warps = TUNING[name]
+        rows, warps, one_pass = TUNING[name]
     else:
         rows = max(1, min(TILE // block, triton.next_power_of_2(max(n_rows, 1))))
-        warps = min(16, max(1, rows * block // 512))
-    return block, rows, warps
+        warps, one_pass = min(16, max(1, rows * block // 512)), False
+    return block, rows, warps, one_pass
 
 
 @triton.jit
-def _normalize(x, mask, D, eps):
+def _normalize(x, mask, D, eps, ONE_PASS: tl.constexpr):
     """(x - mean) / sqrt(var + eps) along axis 1 of an fp32 tile (rows, BLOCK_D); 0 where masked."""
     mean = tl.sum(x, axis=1) / D
-    diff = tl.where(mask, x - mean[:, None], 0.0)
-    var = tl.sum(diff * diff, axis=1) / D
+    if ONE_PASS:
+        var = tl.maximum(tl.sum(x * x, axis=1) / D - mean * mean, 0.0)
+        diff = tl.where(mask, x - mean[:, None], 0.0)
+    else:
+        diff = tl.where(mask, x - mean[:, None], 0.0)
+        var = tl.sum(diff * diff, axis=1) / D
     return diff * tl.rsqrt(var + eps)[:, None]
 
 
@@ -54,21 +61,21 @@ def _tile(n_rows, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, n_rows, T, D, eps,
-                               ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+                               ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr):
     rows, cols, mask = _tile(n_rows, D, ROWS, BLOCK_D)
     at = rows[:, None] * D + cols[None, :]
     mod = (rows // T)[:, None] * D + cols[None, :]
     x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
     shift = tl.load(shift_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + mod, mask=mask, other=0.0).to(tl.float32)
-    h = _normalize(x, mask, D, eps) * (1.0 + scale) + shift
+    h = _normalize(x, mask, D, eps, ONE_PASS) * (1.0 + scale) + shift
     tl.store(out_ptr + at, h.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gated_residual_layernorm_modulate_kernel(
     x_ptr, gate_ptr, y_ptr, shift_ptr, scale_ptr, x_out_ptr, h_out_ptr, n_rows, T, D, eps,
-    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
     rows, cols, mask = _tile(n_rows, D, ROWS, BLOCK_D)
     at = rows[:, None] * D + cols[None, :]
@@ -81,7 +88,7 @@ def _gated_residual_layernorm_modulate_kernel(
     shift = tl.load(shift_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + mod, mask=mask, other=0.0).to(tl.float32)
     # normalise the stored (rounded) residual, as the unfused ops would
-    h = _normalize(x_new.to(tl.float32), mask, D, eps) * (1.0 + scale) + shift
+    h = _normalize(x_new.to(tl.float32), mask, D, eps, ONE_PASS) * (1.0 + scale) + shift
     tl.store(h_out_ptr + at, h.to(h_out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -125,10 +132,11 @@ def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     x = x.contiguous()
     b, t, d = x.shape
     out = torch.empty_like(x)
-    block, rows, warps = config("layernorm_modulate", d, b * t)
+    block, rows, warps, one_pass = config("layernorm_modulate", d, b * t)
     if x.numel():
         _layernorm_modulate_kernel[_grid(b * t, rows)](x, shift.contiguous(), scale.contiguous(), out, b * t, t, d,
-                                                       eps, ROWS=rows, BLOCK_D=block, num_warps=warps)
+                                                       eps, ROWS=rows, BLOCK_D=block, ONE_PASS=one_pass,
+                                                       num_warps=warps)
     return out
 
 
@@ -139,11 +147,11 @@ def gated_residual_layernorm_modulate(
     x, y = x.contiguous(), y.contiguous()
     b, t, d = x.shape
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
-    block, rows, warps = config("gated_residual_layernorm_modulate", d, b * t)
+    block, rows, warps, one_pass = config("gated_residual_layernorm_modulate", d, b * t)
     if x.numel():
         _gated_residual_layernorm_modulate_kernel[_grid(b * t, rows)](
             x, gate.contiguous(), y, shift.contiguous(), scale.contiguous(), x_out, h_out, b * t, t, d, eps,
-            ROWS=rows, BLOCK_D=block, num_warps=warps)
+            ROWS=rows, BLOCK_D=block, ONE_PASS=one_pass, num_warps=warps)
     return x_out, h_out
 
 
@@ -153,7 +161,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     d = x.shape[-1]
     n_rows = x.numel() // d if d else 0
     out = torch.empty_like(x)
-    block, rows, warps = config("rms_norm", d, n_rows)
+    block, rows, warps, _ = config("rms_norm", d, n_rows)
     if x.numel():
         _rms_norm_kernel[_grid(n_rows, rows)](x, weight.contiguous(), out, n_rows, d, eps, ROWS=rows, BLOCK_D=block,
                                               num_warps=warps)
@@ -166,7 +174,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         x = x.contiguous()
     b, h, l, dh = x.shape
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    block, rows, warps = config("apply_rope", dh // 2, b * h * l)
+    block, rows, warps, _ = config("apply_rope", dh // 2, b * h * l)
     if x.numel():
         _rope_kernel[_grid(b * h * l, rows)](x, cos.contiguous(), sin.contiguous(), out, b * h * l, h, l, x.stride(0),
                                              x.stride(1), x.stride(2), dh // 2, ROWS=rows, BLOCK_HALF=block,

@@ -166,8 +166,9 @@ class Trainer:
 
     `data` is either an iterable of batches (a DataLoader is sharded across processes by accelerate; any
     iterable is cycled when exhausted) or a callable `data(step, generator) -> batch` for synthetic data,
-    called with a CPU generator seeded from (seed, step, process). `loss_fn` gets a generator on the training
-    device for its noise and time draws. `trainer.step` is the number of optimizer steps taken so far
+    called with a CPU generator seeded from (seed, step, process). `loss_fn` gets a CPU generator too, for its
+    noise and time draws (drawn on the CPU and moved, so a seed trains the same on any device).
+    `trainer.step` is the number of optimizer steps taken so far
     (including those of a resumed checkpoint). With `output_dir` set, the run resumes from
     `output_dir/checkpoint` when `config.resume` is true and one is there; the checkpoint's optimizer
     hyper-parameters then win over the config's. Resuming from a float16/bfloat16 checkpoint is
@@ -285,7 +286,7 @@ class Trainer:
         """Forward under autocast, backward, clip, AdamW, LR schedule, EMA; returns the loss."""
         acc = self.accelerator
         with acc.autocast():
-            loss = self.loss_fn(self.model, batch, self._generator("loss", step, acc.device))
+            loss = self.loss_fn(self.model, batch, self._generator("loss", step, "cpu"))
         if loss.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
         acc.backward(loss)
