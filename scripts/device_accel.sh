@@ -23,7 +23,7 @@ from ditlab.core.kernels.bench import best_shapes, sweep
 
 out = Path(os.environ["OUT"])
 if os.environ.get("SWEEP", "1") == "1":
-    rows = sweep()
+    rows = sweep(warps=(1, 2, 4))
     (out / "sweep.json").write_text(json.dumps(rows, indent=1))
     triton_kernels.TUNING.update(best_shapes(rows))
     print("tuned", triton_kernels.TUNING, flush=True)
