@@ -456,24 +456,32 @@ def gpu_run(size: AccelSize = GPU, json_path: Path | None = None, echo: Callable
     report = Report()
     report.notes.append(f"Triton launch shapes (rows per program, warps, one-pass statistics): "
                         f"{triton_kernels.TUNING or 'the defaults of triton_kernels.config'}")
+    out = {"machine": describe_machine(dev), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "rows": report.rows, "goals": report.goals,
+           "notes": report.notes}
+
+    def save() -> None:  # after each task: a run cut short keeps what it measured
+        if json_path is not None:
+            write_json(out, Path(json_path))
+
     kernels = kernel_rows(report)
+    save()
     s_model, s_summary = bench_model.shapes32_s(size.precision_train_steps, size.precision_train_batch)
     note = (f"shapes32-S (DiT-S trunk, 256 tokens; trained {s_summary['step']} steps, batch "
             f"{size.precision_train_batch}, in {bench_model.cache_dir()}; not shipped)")
     s_model = s_model.to(dev)
     s_in = make_inputs(s_model, size.precision_batch)
     prec = precision_task(report, s_model, s_in, reference(s_model, s_in, size), size, GPU_CACHE, dev, note)
+    save()
     xl = xl_model().to(dev)
     xl_in = make_inputs(xl, XL_BATCH)
     precision_task(report, xl, xl_in, reference(xl, xl_in, size), size, GPU_CACHE, dev,
                    "DiT-XL/2 size (675M parameters, 256 tokens), random weights: PSNR is numeric agreement only")
     del xl
     _gpu_goals(report, kernels, prec[0])
-    out = {"machine": describe_machine(dev), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-           "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "rows": report.rows, "goals": report.goals}
     echo(format_report(out, report.notes, size))
+    save()
     if json_path is not None:
-        write_json(out, Path(json_path))
         echo(f"wrote {json_path}")
     return out
 

@@ -169,7 +169,8 @@ def quantize(model: nn.Module, scheme: str, allow_fallback: bool = False) -> nn.
     "int8_weight_only": int8 weights with one scale per output row, activations unchanged (any device).
     "int8_dynamic": int8 weights and dynamically quantized int8 activations (int8 GEMMs; on CPUs with VNNI and
     no AMX, where bf16 does not pay, a DiT-S forward with `compile_blocks` ran 1.63x faster than fp32 eager).
-    "fp8": fp8 (e4m3) weights and dynamically scaled fp8 activations (CUDA, compute capability >= 8.9).
+    "fp8": fp8 (e4m3) weights and dynamically scaled fp8 activations (CUDA, compute capability >= 8.9); the blocks'
+    other weights become bf16, so sample under bf16 autocast (`optimize(..., quantize="fp8")` sets that up).
     Embedders and the final layer stay in full precision: they are cheap and set the output's accuracy.
     """
     if scheme not in QUANT_SCHEMES:
@@ -187,6 +188,8 @@ def quantize(model: nn.Module, scheme: str, allow_fallback: bool = False) -> nn.
                      "install it with `pip install 'ditlab-core[accel]'`", allow_fallback,
                      "keep the weights unquantized")
         return model
+    if scheme == "fp8":  # fp8 GEMMs take bf16 biases and give bf16 outputs: the blocks run in bf16
+        blocks.to(torch.bfloat16)
     config = {"int8_weight_only": quant.Int8WeightOnlyConfig,
               "int8_dynamic": quant.Int8DynamicActivationInt8WeightConfig,
               "fp8": quant.Float8DynamicActivationFloat8WeightConfig}[scheme]()
@@ -210,9 +213,12 @@ def optimize(
 
     Returns the model (changed in place) and a factory of the autocast context to run inference in.
     `device` defaults to the model's. Whatever cannot run raises, or warns with `allow_fallback=True`.
+    `quantize="fp8"` implies `precision="bf16"`.
     """
     _check_precision(precision)
     dev = torch.device(device) if device is not None else _device_of(model)
+    if quantize == "fp8" and _fp8_missing(dev) is None:
+        precision = "bf16"  # the fp8 blocks run in bf16 (see `quantize`)
     if precision == "bf16":
         ok, why = bf16_supported(dev)
         if not ok:

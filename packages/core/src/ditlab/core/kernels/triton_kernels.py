@@ -60,33 +60,41 @@ def _tile(n_rows, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, n_rows, T, D, eps,
+def _sample_tile(T, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """For a (T-tiles, B) grid: this program's sample, its token indices (ROWS,), columns and tile mask. A tile
+    never crosses samples, so the sample's (D,) modulation vectors are loaded once per program."""
+    b = tl.program_id(1).to(tl.int64)
+    tokens = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (tokens[:, None] < T) & (cols[None, :] < D)
+    return b, (b * T + tokens)[:, None] * D + cols[None, :], cols, mask
+
+
+@triton.jit
+def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, T, D, eps,
                                ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr):
-    rows, cols, mask = _tile(n_rows, D, ROWS, BLOCK_D)
-    at = rows[:, None] * D + cols[None, :]
-    mod = (rows // T)[:, None] * D + cols[None, :]
+    b, at, cols, mask = _sample_tile(T, D, ROWS, BLOCK_D)
     x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    shift = tl.load(shift_ptr + mod, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + mod, mask=mask, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    scale = tl.load(scale_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
     h = _normalize(x, mask, D, eps, ONE_PASS) * (1.0 + scale) + shift
     tl.store(out_ptr + at, h.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gated_residual_layernorm_modulate_kernel(
-    x_ptr, gate_ptr, y_ptr, shift_ptr, scale_ptr, x_out_ptr, h_out_ptr, n_rows, T, D, eps,
+    x_ptr, gate_ptr, y_ptr, shift_ptr, scale_ptr, x_out_ptr, h_out_ptr, T, D, eps,
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr,
 ):
-    rows, cols, mask = _tile(n_rows, D, ROWS, BLOCK_D)
-    at = rows[:, None] * D + cols[None, :]
-    mod = (rows // T)[:, None] * D + cols[None, :]
+    b, at, cols, mask = _sample_tile(T, D, ROWS, BLOCK_D)
+    vec = b * D + cols
     x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    gate = tl.load(gate_ptr + mod, mask=mask, other=0.0).to(tl.float32)
+    gate = tl.load(gate_ptr + vec, mask=cols < D, other=0.0).to(tl.float32)[None, :]
     x_new = (x + gate * y).to(x_out_ptr.dtype.element_ty)
     tl.store(x_out_ptr + at, x_new, mask=mask)
-    shift = tl.load(shift_ptr + mod, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(scale_ptr + mod, mask=mask, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + vec, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    scale = tl.load(scale_ptr + vec, mask=cols < D, other=0.0).to(tl.float32)[None, :]
     # normalise the stored (rounded) residual, as the unfused ops would
     h = _normalize(x_new.to(tl.float32), mask, D, eps, ONE_PASS) * (1.0 + scale) + shift
     tl.store(h_out_ptr + at, h.to(h_out_ptr.dtype.element_ty), mask=mask)
@@ -132,11 +140,11 @@ def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     x = x.contiguous()
     b, t, d = x.shape
     out = torch.empty_like(x)
-    block, rows, warps, one_pass = config("layernorm_modulate", d, b * t)
+    block, rows, warps, one_pass = config("layernorm_modulate", d, t)
     if x.numel():
-        _layernorm_modulate_kernel[_grid(b * t, rows)](x, shift.contiguous(), scale.contiguous(), out, b * t, t, d,
-                                                       eps, ROWS=rows, BLOCK_D=block, ONE_PASS=one_pass,
-                                                       num_warps=warps)
+        _layernorm_modulate_kernel[(triton.cdiv(t, rows), b)](x, shift.contiguous(), scale.contiguous(), out, t, d,
+                                                              eps, ROWS=rows, BLOCK_D=block, ONE_PASS=one_pass,
+                                                              num_warps=warps)
     return out
 
 
@@ -147,10 +155,10 @@ def gated_residual_layernorm_modulate(
     x, y = x.contiguous(), y.contiguous()
     b, t, d = x.shape
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
-    block, rows, warps, one_pass = config("gated_residual_layernorm_modulate", d, b * t)
+    block, rows, warps, one_pass = config("gated_residual_layernorm_modulate", d, t)
     if x.numel():
-        _gated_residual_layernorm_modulate_kernel[_grid(b * t, rows)](
-            x, gate.contiguous(), y, shift.contiguous(), scale.contiguous(), x_out, h_out, b * t, t, d, eps,
+        _gated_residual_layernorm_modulate_kernel[(triton.cdiv(t, rows), b)](
+            x, gate.contiguous(), y, shift.contiguous(), scale.contiguous(), x_out, h_out, t, d, eps,
             ROWS=rows, BLOCK_D=block, ONE_PASS=one_pass, num_warps=warps)
     return x_out, h_out
 
