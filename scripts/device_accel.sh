@@ -14,7 +14,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
   python3 -m pytest -q -p no:cacheprovider tests/core/test_kernels.py 2>&1 | tee "$OUT/kernel-tests.log" | tail -5
 fi
 # sweep the launch shapes, then run the GPU tables with the fastest (SWEEP=0: the defaults)
-timeout "${BENCH_TIMEOUT:-500}" python3 - <<'PY' 2>&1 | tee "$OUT/accel-gpu.log" | grep -v Warning
+timeout "${BENCH_TIMEOUT:-530}" python3 - <<'PY' 2>&1 | tee "$OUT/accel-gpu.log" | grep -v Warning
 import json, os, sys
 from pathlib import Path
 from ditlab.core.accel import bench
