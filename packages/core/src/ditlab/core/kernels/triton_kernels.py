@@ -18,23 +18,24 @@ import triton.language as tl
 
 MAX_BLOCK = 16384  # widest row kept in one block
 TILE = 4096  # elements per program the default launch aims for
-# kernel name -> (rows per program, warps, one-pass statistics), overriding `config`
-TUNING: dict[str, tuple[int, int, bool]] = {}
+# kernel name -> (rows per program, warps, one-pass statistics, chunk), overriding `config`
+TUNING: dict[str, tuple[int, int, bool, int]] = {}
 
 
-def config(name: str, n: int, n_rows: int) -> tuple[int, int, int, bool]:
-    """(block, rows per program, warps, one-pass statistics) for `n_rows` rows of `n` elements; block is the
-    power of 2 >= n. One-pass: the LayerNorm kernels take sum(x) and sum(x^2) together (two independent
-    reductions) instead of the mean and then the squared deviations (two dependent ones)."""
+def config(name: str, n: int, n_rows: int) -> tuple[int, int, int, bool, int]:
+    """(block, rows per program, warps, one-pass statistics, chunk) for `n_rows` rows of `n` elements; block is
+    the power of 2 >= n. One-pass: the LayerNorm kernels take sum(x) and sum(x^2) together (two independent
+    reductions) instead of the mean and then the squared deviations (two dependent ones). Chunk (LayerNorm +
+    modulate only): walk the row `chunk` columns at a time, twice, instead of holding it whole (0)."""
     block = triton.next_power_of_2(n)
     if block > MAX_BLOCK:
         raise ValueError(f"the Triton kernels hold a row in one block of at most {MAX_BLOCK} channels, got {n}")
     if name in TUNING:
-        rows, warps, one_pass = TUNING[name]
+        rows, warps, one_pass, chunk = TUNING[name]
     else:
         rows = max(1, min(TILE // block, triton.next_power_of_2(max(n_rows, 1))))
-        warps, one_pass = min(16, max(1, rows * block // 512)), False
-    return block, rows, warps, one_pass
+        warps, one_pass, chunk = min(16, max(1, rows * block // 512)), False, 0
+    return block, rows, warps, one_pass, chunk
 
 
 @triton.jit
@@ -71,14 +72,37 @@ def _sample_tile(T, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, T, D, eps,
-                               ROWS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr):
-    b, at, cols, mask = _sample_tile(T, D, ROWS, BLOCK_D)
-    x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
-    shift = tl.load(shift_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
-    scale = tl.load(scale_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
-    h = _normalize(x, mask, D, eps, ONE_PASS) * (1.0 + scale) + shift
-    tl.store(out_ptr + at, h.to(out_ptr.dtype.element_ty), mask=mask)
+def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, T, D, eps, ROWS: tl.constexpr,
+                               BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr, CHUNK: tl.constexpr):
+    if CHUNK == 0:  # the whole row in registers
+        b, at, cols, mask = _sample_tile(T, D, ROWS, BLOCK_D)
+        x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
+        shift = tl.load(shift_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+        scale = tl.load(scale_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+        h = _normalize(x, mask, D, eps, ONE_PASS) * (1.0 + scale) + shift
+        tl.store(out_ptr + at, h.to(out_ptr.dtype.element_ty), mask=mask)
+    else:  # CHUNK columns at a time: no masked lanes past D when CHUNK divides D; the second pass hits cache
+        b = tl.program_id(1).to(tl.int64)
+        tokens = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        base = ((b * T + tokens) * D)[:, None]
+        row_ok = (tokens < T)[:, None]
+        total = tl.zeros((ROWS,), dtype=tl.float32)
+        squares = tl.zeros((ROWS,), dtype=tl.float32)
+        for start in range(0, D, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            x = tl.load(x_ptr + base + cols[None, :], mask=row_ok & (cols < D)[None, :], other=0.0).to(tl.float32)
+            total += tl.sum(x, axis=1)
+            squares += tl.sum(x * x, axis=1)
+        mean = total / D
+        rstd = tl.rsqrt(tl.maximum(squares / D - mean * mean, 0.0) + eps)
+        for start in range(0, D, CHUNK):
+            cols = start + tl.arange(0, CHUNK)
+            mask = row_ok & (cols < D)[None, :]
+            x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            shift = tl.load(shift_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+            scale = tl.load(scale_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+            h = (x - mean[:, None]) * rstd[:, None] * (1.0 + scale) + shift
+            tl.store(out_ptr + base + cols[None, :], h.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -140,11 +164,11 @@ def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     x = x.contiguous()
     b, t, d = x.shape
     out = torch.empty_like(x)
-    block, rows, warps, one_pass = config("layernorm_modulate", d, t)
+    block, rows, warps, one_pass, chunk = config("layernorm_modulate", d, t)
     if x.numel():
         _layernorm_modulate_kernel[(triton.cdiv(t, rows), b)](x, shift.contiguous(), scale.contiguous(), out, t, d,
                                                               eps, ROWS=rows, BLOCK_D=block, ONE_PASS=one_pass,
-                                                              num_warps=warps)
+                                                              CHUNK=chunk, num_warps=warps)
     return out
 
 
@@ -155,7 +179,7 @@ def gated_residual_layernorm_modulate(
     x, y = x.contiguous(), y.contiguous()
     b, t, d = x.shape
     x_out, h_out = torch.empty_like(x), torch.empty_like(x)
-    block, rows, warps, one_pass = config("gated_residual_layernorm_modulate", d, t)
+    block, rows, warps, one_pass, _ = config("gated_residual_layernorm_modulate", d, t)
     if x.numel():
         _gated_residual_layernorm_modulate_kernel[(triton.cdiv(t, rows), b)](
             x, gate.contiguous(), y, shift.contiguous(), scale.contiguous(), x_out, h_out, t, d, eps,
@@ -169,7 +193,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     d = x.shape[-1]
     n_rows = x.numel() // d if d else 0
     out = torch.empty_like(x)
-    block, rows, warps, _ = config("rms_norm", d, n_rows)
+    block, rows, warps, _, _ = config("rms_norm", d, n_rows)
     if x.numel():
         _rms_norm_kernel[_grid(n_rows, rows)](x, weight.contiguous(), out, n_rows, d, eps, ROWS=rows, BLOCK_D=block,
                                               num_warps=warps)
@@ -182,7 +206,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         x = x.contiguous()
     b, h, l, dh = x.shape
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    block, rows, warps, _ = config("apply_rope", dh // 2, b * h * l)
+    block, rows, warps, _, _ = config("apply_rope", dh // 2, b * h * l)
     if x.numel():
         _rope_kernel[_grid(b * h * l, rows)](x, cos.contiguous(), sin.contiguous(), out, b * h * l, h, l, x.stride(0),
                                              x.stride(1), x.stride(2), dh // 2, ROWS=rows, BLOCK_HALF=block,
