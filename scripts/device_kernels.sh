@@ -12,7 +12,7 @@ from ditlab.core.kernels import triton_kernels
 from ditlab.core.kernels.bench import best_shapes, kernel_benchmark, sweep
 
 out = Path(os.environ["OUT"])
-rows = sweep(rows=(1, 2, 4), warps=(1, 2, 4, 8), chunks=(0, 128, 384), only=("layernorm_modulate",))
+rows = sweep(rows=(1, 2, 4), warps=(1, 2, 4), chunks=(0, 64, 128, 256), only=("layernorm_modulate",))
 rows += sweep(rows=(1, 2), warps=(1, 2, 4), only=("gated_residual_layernorm_modulate", "rms_norm", "apply_rope"))
 (out / "sweep-kernels.json").write_text(json.dumps(rows, indent=1))
 triton_kernels.TUNING.update(best_shapes(rows))
