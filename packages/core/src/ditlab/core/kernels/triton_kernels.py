@@ -1,13 +1,13 @@
-"""Triton kernels: each program normalises a tile of ROWS rows x D channels (whole rows in one block), in fp32.
+"""Triton kernels: each program normalises a tile of ROWS rows x D channels, in fp32.
 
 Each launcher takes the tensors the dispatcher validated and returns new tensors in the input's
 dtype. This module imports triton at the top; `ditlab.core.kernels` imports it only where Triton
 can run (CUDA, or the CPU with TRITON_INTERPRET=1, which must be set before this import).
 
-Launch shape: rows of DiT widths (384-4096 channels) are short, so one row per program leaves the GPU
-issuing tiny programs; a tile of several rows per program amortises that. `config` picks the rows per
-program and warps from the row width; `TUNING` overrides it per kernel (what the GPU sweep of
-`ditlab.core.kernels.bench.sweep` sets while it searches).
+Launch shape: `config` gives the rows per program, warps, statistics passes and chunking of each kernel:
+`DEFAULTS`, measured on an H200 by `ditlab.core.kernels.bench.sweep`; `TUNING` overrides them per kernel
+(what the sweep sets while it searches). The LayerNorm kernels run on a (token tiles, samples) grid, so
+a tile never crosses samples and the sample's modulation vectors are loaded once per program.
 """
 
 from __future__ import annotations
@@ -17,25 +17,38 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK = 16384  # widest row kept in one block
-TILE = 4096  # elements per program the default launch aims for
 # kernel name -> (rows per program, warps, one-pass statistics, chunk), overriding `config`
 TUNING: dict[str, tuple[int, int, bool, int]] = {}
+# The defaults: the fastest launch shapes of a sweep on an H200 at DiT-XL width (D 1152), bf16, 64 x 1024 tokens
+# (`ditlab.core.kernels.bench.sweep`; BENCHMARKS.md). Wider rows get more warps (whole-row kernels).
+DEFAULTS: dict[str, tuple[int, int, bool, int]] = {
+    "layernorm_modulate": (2, 1, False, 256),
+    "gated_residual_layernorm_modulate": (2, 2, False, 0),
+    "rms_norm": (1, 2, False, 0),
+}
+ROPE_TILE = 256  # rope: rows per program x half head dim, one warp
 
 
 def config(name: str, n: int, n_rows: int) -> tuple[int, int, int, bool, int]:
     """(block, rows per program, warps, one-pass statistics, chunk) for `n_rows` rows of `n` elements; block is
     the power of 2 >= n. One-pass: the LayerNorm kernels take sum(x) and sum(x^2) together (two independent
     reductions) instead of the mean and then the squared deviations (two dependent ones). Chunk (LayerNorm +
-    modulate only): walk the row `chunk` columns at a time, twice, instead of holding it whole (0)."""
+    modulate only): walk the row `chunk` columns at a time, twice (sums, then output; one-pass statistics),
+    instead of holding it whole (0)."""
     block = triton.next_power_of_2(n)
     if block > MAX_BLOCK:
         raise ValueError(f"the Triton kernels hold a row in one block of at most {MAX_BLOCK} channels, got {n}")
     if name in TUNING:
         rows, warps, one_pass, chunk = TUNING[name]
+    elif name == "apply_rope":
+        rows, warps, one_pass, chunk = max(1, ROPE_TILE // block), 1, False, 0
     else:
-        rows = max(1, min(TILE // block, triton.next_power_of_2(max(n_rows, 1))))
-        warps, one_pass, chunk = min(16, max(1, rows * block // 512)), False, 0
-    return block, rows, warps, one_pass, chunk
+        rows, warps, one_pass, chunk = DEFAULTS[name]
+        if chunk:
+            chunk = min(chunk, block)
+        else:
+            warps = min(16, max(warps, block // 1024))
+    return block, min(rows, triton.next_power_of_2(max(n_rows, 1))), warps, one_pass, chunk
 
 
 @triton.jit
