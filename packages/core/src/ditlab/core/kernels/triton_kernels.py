@@ -86,7 +86,8 @@ def _sample_tile(T, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, T, D, eps, ROWS: tl.constexpr,
-                               BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr, CHUNK: tl.constexpr):
+                               BLOCK_D: tl.constexpr, ONE_PASS: tl.constexpr, CHUNK: tl.constexpr,
+                               N_CHUNKS: tl.constexpr):
     if CHUNK == 0:  # the whole row in registers
         b, at, cols, mask = _sample_tile(T, D, ROWS, BLOCK_D)
         x = tl.load(x_ptr + at, mask=mask, other=0.0).to(tl.float32)
@@ -94,22 +95,22 @@ def _layernorm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, T, D, eps, 
         scale = tl.load(scale_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
         h = _normalize(x, mask, D, eps, ONE_PASS) * (1.0 + scale) + shift
         tl.store(out_ptr + at, h.to(out_ptr.dtype.element_ty), mask=mask)
-    else:  # CHUNK columns at a time: no masked lanes past D when CHUNK divides D; the second pass hits cache
+    else:  # N_CHUNKS x CHUNK columns (unrolled): no masked lanes when CHUNK divides D; the second pass hits cache
         b = tl.program_id(1).to(tl.int64)
         tokens = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         base = ((b * T + tokens) * D)[:, None]
         row_ok = (tokens < T)[:, None]
         total = tl.zeros((ROWS,), dtype=tl.float32)
         squares = tl.zeros((ROWS,), dtype=tl.float32)
-        for start in range(0, D, CHUNK):
-            cols = start + tl.arange(0, CHUNK)
+        for k in tl.static_range(N_CHUNKS):
+            cols = k * CHUNK + tl.arange(0, CHUNK)
             x = tl.load(x_ptr + base + cols[None, :], mask=row_ok & (cols < D)[None, :], other=0.0).to(tl.float32)
             total += tl.sum(x, axis=1)
             squares += tl.sum(x * x, axis=1)
         mean = total / D
         rstd = tl.rsqrt(tl.maximum(squares / D - mean * mean, 0.0) + eps)
-        for start in range(0, D, CHUNK):
-            cols = start + tl.arange(0, CHUNK)
+        for k in tl.static_range(N_CHUNKS):
+            cols = k * CHUNK + tl.arange(0, CHUNK)
             mask = row_ok & (cols < D)[None, :]
             x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             shift = tl.load(shift_ptr + b * D + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
@@ -181,7 +182,8 @@ def layernorm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor
     if x.numel():
         _layernorm_modulate_kernel[(triton.cdiv(t, rows), b)](x, shift.contiguous(), scale.contiguous(), out, t, d,
                                                               eps, ROWS=rows, BLOCK_D=block, ONE_PASS=one_pass,
-                                                              CHUNK=chunk, num_warps=warps)
+                                                              CHUNK=chunk, N_CHUNKS=triton.cdiv(d, max(chunk, 1)),
+                                                              num_warps=warps)
     return out
 
 
