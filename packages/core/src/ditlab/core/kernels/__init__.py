@@ -1,7 +1,8 @@
 """Fused kernels for DiT inference, each with a pure-torch reference and one dispatcher.
 
 Every public function takes `backend`: "auto" runs Triton on CUDA tensors when no gradient is
-needed (the kernels are forward-only) and the torch reference otherwise; "triton" insists, raising
+needed (the kernels are forward-only) and the torch reference otherwise, and inside `torch.compile`
+(where Inductor fuses the reference ops itself); "triton" insists, raising
 a RuntimeError that says why Triton cannot run unless `allow_fallback=True`, which warns and runs
 the reference; "torch" always runs the reference. With TRITON_INTERPRET=1 in the environment before
 this import, "triton" runs the kernels on CPU tensors through Triton's interpreter (how CI tests them).
@@ -63,7 +64,9 @@ def _use_triton(name: str, backend: str, allow_fallback: bool, *tensors: torch.T
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     x = tensors[0]
-    if backend == "auto" and not x.is_cuda:
+    if backend == "auto" and (not x.is_cuda or torch.compiler.is_compiling()):
+        # under torch.compile, "auto" hands Inductor the reference ops to fuse with their neighbours: the
+        # opaque Triton ops inside compiled blocks made a DiT-XL forward on an H200 1.7x slower (BENCHMARKS.md)
         return False
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if _TRITON_ERROR is not None:
