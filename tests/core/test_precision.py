@@ -95,6 +95,18 @@ def test_int8_dynamic_is_close():
     assert rel_err(model(*args), ref) < 5e-2
 
 
+def test_quantize_changes_no_global_matmul_precision():
+    torch._inductor.config.coordinate_descent_tuning = False
+    before = torch.get_float32_matmul_precision()
+    try:
+        for scheme in ("int8_weight_only", "int8_dynamic"):
+            quantize(tiny_dit(), scheme)
+            assert torch.get_float32_matmul_precision() == before  # torchao's own default would set "high"
+            assert torch._inductor.config.coordinate_descent_tuning is False
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_fp8_on_cpu_names_compute_capability():
     model = tiny_dit()
     with pytest.raises(RuntimeError, match="compute capability >= 8.9"):

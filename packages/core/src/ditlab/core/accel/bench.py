@@ -87,7 +87,7 @@ class AccelSize:
     reference_factor: int = 2
 
 
-FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8, precision_batch=8, ras_batch=4,
+FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8, precision_batch=8, ras_batch=8,
                  ras_train_steps=400, ras_train_batch=8, compile=True, fora=(2, 3, 4), delta_dit=(2,),
                  taylor=tuple((i, o) for i in (2, 3, 4) for o in (1, 2)), fbc=(0.05, 0.1, 0.2),
                  ras=(PAPER_RAS, {"ratio": 0.3}, {"ratio": 0.35}, {"ratio": 0.4}, {"ratio": 0.5}), precision_width="S",

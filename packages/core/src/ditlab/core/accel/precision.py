@@ -192,7 +192,9 @@ def quantize(model: nn.Module, scheme: str, allow_fallback: bool = False) -> nn.
         blocks.to(torch.bfloat16)
     config = {"int8_weight_only": quant.Int8WeightOnlyConfig,
               "int8_dynamic": quant.Int8DynamicActivationInt8WeightConfig,
-              "fp8": quant.Float8DynamicActivationFloat8WeightConfig}[scheme]()
+              "fp8": quant.Float8DynamicActivationFloat8WeightConfig}[scheme](set_inductor_config=False)
+    # (torchao's default set_inductor_config=True switches the whole process to TF32 matmuls and slow Inductor
+    # autotuning: on an H200 it made every later "fp32" GEMM TF32; ditlab changes no global state here)
     quant.quantize_(blocks, config)
     return model
 
