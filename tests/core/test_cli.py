@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 DITLAB = [sys.executable, "-c", "from ditlab.core.cli import main; main()"]
 
@@ -28,3 +29,11 @@ def test_bad_output_path_exits_non_zero(tmp_path):
 
 def test_unknown_command_exits_non_zero():
     assert run("core", "no-such-command").returncode != 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_benchmark_without_gpu_says_why():
+    r = run("core", "benchmark", "--accel", "--gpu")
+    assert r.returncode == 2
+    assert "--gpu needs a CUDA GPU" in r.stderr
+    assert run("core", "benchmark", "--gpu").returncode == 2  # --gpu without --accel: a usage error
