@@ -57,7 +57,7 @@ def test_sparse_call_with_unchanged_input_repeats_the_dense_output(case):
     overrides, shape, kwargs = case
     m = tiny(**overrides)
     x, t = torch.randn(shape), torch.tensor([300.0, 800.0])
-    policy = RegionAdaptive(ratio=0.3, warmup=1)
+    policy = RegionAdaptive(ratio=0.3, warmup=1, cooldown=0)
     with policy.attach(m, total_calls=3):
         dense = m(x, t, **kwargs)
         sparse = m(x, t, **kwargs)
@@ -71,7 +71,7 @@ def test_sparse_call_with_unchanged_input_repeats_the_dense_output(case):
 def test_half_ratio_computes_half_the_tokens_and_stays_close():
     m = tiny()
     ref = draw(m, steps=12)
-    policy = RegionAdaptive(ratio=0.5, warmup=4)
+    policy = RegionAdaptive(ratio=0.5, warmup=4, cooldown=0)
     out = draw(m, policy, steps=12)
     assert policy.stats["full_calls"] == 4
     assert policy.stats["token_fraction"] == pytest.approx((4 + 8 * 0.5) / 12)
@@ -81,9 +81,22 @@ def test_half_ratio_computes_half_the_tokens_and_stays_close():
 
 
 def test_dense_every_schedules_full_calls():
-    policy = RegionAdaptive(ratio=0.5, warmup=2, dense_every=3)
+    policy = RegionAdaptive(ratio=0.5, warmup=2, cooldown=0, dense_every=3)
     draw(tiny(), policy, steps=12)
     assert policy.stats["full_calls"] == 2 + 3  # calls 0, 1, then 4, 7, 10
+
+
+def test_cooldown_makes_the_last_calls_dense():
+    m = tiny()
+    policy = RegionAdaptive(ratio=0.5, warmup=2, cooldown=3)
+    out = draw(m, policy, steps=12)
+    assert policy.stats["full_calls"] == 2 + 3  # calls 0, 1, then 9, 10, 11
+    assert policy.stats["token_fraction"] == pytest.approx((5 + 7 * 0.5) / 12)
+    all_dense = RegionAdaptive(ratio=0.5, warmup=2, cooldown=10)  # warm-up and cool-down cover every call
+    torch.testing.assert_close(draw(m, all_dense, steps=12), draw(m), rtol=0, atol=1e-6)
+    assert not torch.equal(out, draw(m))
+    with pytest.raises(ValueError, match="cooldown"):
+        RegionAdaptive(cooldown=-1)
 
 
 def test_starvation_bounds_how_long_a_token_waits():
@@ -126,7 +139,7 @@ def test_forecast_extrapolates_skipped_tokens_linearly():
     """A skipped token's forecast continues the line through its last two outputs; the computed tokens differ."""
     m = tiny()
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([500.0, 500.0])
-    policy = RegionAdaptive(ratio=0.25, warmup=2, forecast=1)
+    policy = RegionAdaptive(ratio=0.25, warmup=2, cooldown=0, forecast=1)
     with policy.attach(m, total_calls=3):
         a, b = m(x, t, **LABELS), m(x + 0.1, t, **LABELS)
         c = m(x + 0.2, t, **LABELS)
@@ -144,7 +157,7 @@ def test_forecast_and_change_metric_stay_close_to_dense():
     m = tiny()
     ref = draw(m, steps=12)
     for kw in ({"forecast": 1}, {"forecast": 2}, {"metric": "change"}, {"forecast": 1, "metric": "change"}):
-        policy = RegionAdaptive(ratio=0.5, warmup=4, **kw)
+        policy = RegionAdaptive(ratio=0.5, warmup=4, cooldown=0, **kw)
         out = draw(m, policy, steps=12)
         assert policy.nfe_equivalent() == pytest.approx(4 + 8 * 0.5)
         assert ((out - ref).norm() / ref.norm()).item() < 0.05, kw
@@ -163,7 +176,7 @@ def test_key_value_forecast_is_exact_for_an_unchanged_input():
     an input that does not change, both equal the fresh ones, so the sparse call repeats the dense one."""
     m = tiny(pos_embed="rope")
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([300.0, 800.0])
-    policy = RegionAdaptive(ratio=0.3, warmup=2, forecast=2)
+    policy = RegionAdaptive(ratio=0.3, warmup=2, cooldown=0, forecast=2)
     with policy.attach(m, total_calls=4):
         dense = m(x, t, **LABELS)
         m(x, t, **LABELS)

@@ -60,7 +60,7 @@ M_PSNR, M_PSNR_REF, M_LOSS = "PSNR vs baseline (dB)", "PSNR vs reference (dB)", 
 METRICS = (M_WALL, M_SPEED, M_NFE, M_PSNR, M_PSNR_REF, M_LOSS)  # column order of the tables; others follow
 
 
-PAPER_RAS = {"ratio": 0.5, "forecast": 0, "starvation": 0.5}  # reuse of skipped outputs, as in the RAS paper
+PAPER_RAS = {"ratio": 0.5, "forecast": 0, "starvation": 0.5, "cooldown": 0}  # reuse of skipped outputs, as in RAS
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ class AccelSize:
 FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8, precision_batch=8, ras_batch=8,
                  ras_train_steps=400, ras_train_batch=8, compile=True, fora=(2, 3, 4), delta_dit=(2,),
                  taylor=tuple((i, o) for i in (2, 3, 4) for o in (1, 2)), fbc=(0.05, 0.1, 0.2),
-                 ras=(PAPER_RAS, {"ratio": 0.3}, {"ratio": 0.35}, {"ratio": 0.4}, {"ratio": 0.5}), precision_width="S",
+                 ras=(PAPER_RAS, {"ratio": 0.35, "cooldown": 0}, {"ratio": 0.3}, {"ratio": 0.35}, {"ratio": 0.4},
+                      {"ratio": 0.5}), precision_width="S",
                  precision_train_steps=300)
 QUICK = AccelSize(steps=50, guidance=2.0, repeats=1, demo_batch=4, cache_batch=2, precision_batch=4, ras_batch=1,
                   ras_train_steps=30, ras_train_batch=8, compile=False, fora=(3,), delta_dit=(2,), taylor=((3, 2),),
