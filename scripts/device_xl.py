@@ -1,11 +1,16 @@
 """The DiT-XL/2-size end-to-end rows again after a change (fp8 row left out: see device_accel.sh for it)."""
-import json, os, sys
+import json
+import os
 from pathlib import Path
+
 import torch
+
 from ditlab.core.accel import bench, precision
+
 
 def no_fp8(*a, **k):
     raise RuntimeError("left out of this re-run")
+
 
 precision.quantize = no_fp8
 dev = torch.device("cuda")

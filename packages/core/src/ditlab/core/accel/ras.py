@@ -15,9 +15,9 @@ output (noise / velocity prediction).
 - Skipped tokens (`forecast`): 0 reuses a token's last output and K/V, as in the paper; 1 extrapolates its
   output linearly in the call index from its last two computations (a per-token first-order TaylorSeer);
   2 (default) extrapolates its keys and values the same way, so the active tokens attend to up-to-date
-  context. In `ditlab core benchmark --accel` (1024-token shapes64, 50 Euler steps) forecast=2 turned the
-  6.5 dB loss of the paper's reuse at ratio 0.5 into none, at a price: the extrapolation is a pass over
-  every block's K/V per call (1.40x instead of 1.67x at ratio 0.5 on 2 CPU threads; ratio 0.35: 1.88x).
+  context. In `ditlab core benchmark --accel` (1024-token shapes64, 50 Euler steps, 8 samples, 2 CPU threads)
+  the paper's reuse at ratio 0.5 loses 6.9 dB (1.67x); the defaults lose none at ratio 0.5 (1.35x) or 0.4
+  (1.57x) and 0.76 dB at 0.35 (1.71x). The price is a pass over every block's K/V per call.
 - `metric="change"` ranks tokens by how fast their output changed between their last two computations
   (per call), in place of the spread of the prediction.
 - Dense calls: the first `warmup`, every `dense_every`-th after them, the last `cooldown`, and the first after

@@ -1,0 +1,30 @@
+"""PSNR loss of RegionAdaptive settings on shapes64 (8 samples, 50 Euler steps, CFG 2): quality only, one run each,
+no timing; NFE-equivalent from the token counts. How BENCHMARKS.md's RAS settings table was made (then with a
+subclass standing in for `cooldown`, before it became a parameter)."""
+import functools
+import json
+
+from ditlab.core.accel import bench as B
+from ditlab.core.accel import bench_model
+from ditlab.core.accel.ras import RegionAdaptive
+
+SETTINGS = [dict(ratio=0.35, cooldown=0), dict(ratio=0.35, cooldown=0, metric="change"),
+            dict(ratio=0.35, cooldown=0, forecast=1), dict(ratio=0.35, cooldown=0, starvation=1.0),
+            dict(ratio=0.35, cooldown=0, starvation=4.0), dict(ratio=0.35, cooldown=0, warmup=8),
+            dict(ratio=0.35, cooldown=0, dense_every=10), dict(ratio=0.3, cooldown=0, dense_every=8),
+            dict(ratio=0.4, cooldown=0, metric="change"), dict(ratio=0.35, cooldown=2), dict(ratio=0.35, cooldown=1),
+            dict(ratio=0.33, cooldown=2), dict(ratio=0.3, cooldown=2), dict(ratio=0.3, cooldown=4),
+            dict(ratio=0.25, cooldown=6), dict(ratio=0.2, cooldown=8)]
+
+size = B.FULL
+model, _ = bench_model.shapes64(size.ras_train_steps, size.ras_train_batch)
+inputs = B.make_inputs(model, size.ras_batch)
+ref = B.reference(model, inputs, size)
+base, _ = B.ours(model, inputs, size)(size.steps)
+base_db = B.psnr(base, ref)
+print("uncached PSNR vs reference", round(base_db, 3), flush=True)
+for kw in SETTINGS:
+    x, nfe = B.ours(model, inputs, size, functools.partial(RegionAdaptive, **kw))(size.steps)
+    per = [round(B.psnr(base[i:i + 1], ref[i:i + 1]) - B.psnr(x[i:i + 1], ref[i:i + 1]), 2) for i in range(len(x))]
+    print(json.dumps(kw), "loss", round(base_db - B.psnr(x, ref), 3), "nfe", round(nfe, 2), "per-sample", per,
+          flush=True)
