@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fused-kernel table on a lent GPU. SWEEP=1: first sweep the launch shapes (rows per program, warps,
-# statistics passes, chunk) and time the kernels with the fastest; default: time them with
+# chunk) and time the kernels with the fastest; default: time them with
 # `triton_kernels.DEFAULTS` (what ships). The end-to-end tables: device_accel.sh.
 set -o pipefail
 export PYTHONPATH=packages/core/src PYTHONUNBUFFERED=1 OUT="${OUT:-/tmp/out}"

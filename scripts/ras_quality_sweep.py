@@ -5,7 +5,6 @@ import functools
 import json
 
 from ditlab.core.accel import bench as B
-from ditlab.core.accel import bench_model
 from ditlab.core.accel.ras import RegionAdaptive
 
 SETTINGS = [dict(ratio=0.35, cooldown=0), dict(ratio=0.35, cooldown=0, metric="change"),
@@ -17,7 +16,7 @@ SETTINGS = [dict(ratio=0.35, cooldown=0), dict(ratio=0.35, cooldown=0, metric="c
             dict(ratio=0.25, cooldown=6), dict(ratio=0.2, cooldown=8)]
 
 size = B.FULL
-model, _ = bench_model.shapes64(size.ras_train_steps, size.ras_train_batch)
+model, _ = B.ras_subject(size)
 inputs = B.make_inputs(model, size.ras_batch)
 ref = B.reference(model, inputs, size)
 base, _ = B.ours(model, inputs, size)(size.steps)

@@ -7,13 +7,10 @@ from pathlib import Path
 import torch
 
 from ditlab.core.accel import bench as B
-from ditlab.core.accel import bench_model
 from ditlab.core.bench import describe_machine, write_json
 
 size = B.FULL
-model, summary = bench_model.shapes64(size.ras_train_steps, size.ras_train_batch)
-note = (f"shapes64 (shapes32 fine-tuned {summary['step']} steps at 64x64, batch {size.ras_train_batch}, in "
-        f"{bench_model.cache_dir()}; not shipped)")
+model, note = B.ras_subject(size)
 inputs = B.make_inputs(model, size.ras_batch)
 report = B.Report()
 ras = B.ras_task(report, model, inputs, B.reference(model, inputs, size), size, note)

@@ -42,10 +42,10 @@ INTERPRETED = textwrap.dedent("""
         record(f"apply_rope {b, h, l, dh}", kernels.apply_rope(qkv[0], cos, sin, backend="triton"),
                reference.apply_rope(qkv[0], cos, sin))
 
-    # 2 rows per program (rope's tiles cross samples), one-pass statistics, LayerNorm in chunks of 16 of 40
+    # 2 rows per program (rope's tiles cross samples), LayerNorm + modulate in chunks of 16 of 40
     from ditlab.core.kernels import triton_kernels
     names = ("layernorm_modulate", "gated_residual_layernorm_modulate", "rms_norm", "apply_rope")
-    triton_kernels.TUNING.update({k: (2, 1, True, 16) for k in names})
+    triton_kernels.TUNING.update({k: (2, 1, 16) for k in names})
     x, y = torch.randn(3, 3, 40), torch.randn(3, 3, 40)
     gate, shift, scale, w = torch.randn(3, 40), torch.randn(3, 40), torch.randn(3, 40), torch.randn(40)
     record("tuned layernorm_modulate", kernels.layernorm_modulate(x, shift, scale, backend="triton"),

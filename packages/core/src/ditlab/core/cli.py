@@ -61,12 +61,6 @@ def benchmark(
     sampling speed-ups and their quality cost."""
     if gpu and not accel:
         raise typer.BadParameter("--gpu goes with --accel")
-    if gpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("--gpu needs a CUDA GPU, and this machine or torch build has none; "
-                             "`ditlab core benchmark --accel` gives the CPU tables")
     if accel:
         from ditlab.core.accel import bench as accel_bench
 

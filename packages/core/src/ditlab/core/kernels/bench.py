@@ -86,8 +86,7 @@ def sweep(batch: int = 64, tokens: int = 1024, dim: int = 1152, heads: int = 16,
           rows: tuple[int, ...] = (1, 2, 4, 8), warps: tuple[int, ...] = (1, 2, 4, 8),
           chunks: tuple[int, ...] = (0,), only: tuple[str, ...] = ()) -> list[dict]:
     """Time every Triton kernel (or those in `only`) at each launch shape on CUDA in bf16: rows per program,
-    warps, one- or two-pass statistics (LayerNorm kernels) and chunk (LayerNorm + modulate); rows
-    {kernel, rows, warps, one_pass, chunk, ms, gb_per_s}."""
+    warps and chunk (LayerNorm + modulate); rows {kernel, rows, warps, chunk, ms, gb_per_s}."""
     from ditlab.core.kernels import triton_kernels
 
     dev = torch.device("cuda")
@@ -96,11 +95,9 @@ def sweep(batch: int = 64, tokens: int = 1024, dim: int = 1152, heads: int = 16,
         if only and name not in only:
             continue
         fn = functools.partial(getattr(kernels, name), *args, backend="triton")
-        passes = (False, True) if "layernorm" in name else (False,)
-        for r, w, one_pass, chunk in itertools.product(rows, warps, passes,
-                                                       chunks if name == "layernorm_modulate" else (0,)):
-            triton_kernels.TUNING[name] = (r, w, one_pass, chunk)
-            row = {"kernel": name, "rows": r, "warps": w, "one_pass": one_pass, "chunk": chunk}
+        for shape in itertools.product(rows, warps, chunks if name == "layernorm_modulate" else (0,)):
+            triton_kernels.TUNING[name] = shape
+            row = {"kernel": name, **dict(zip(("rows", "warps", "chunk"), shape, strict=True))}
             try:
                 with torch.no_grad():
                     ms = _time_ms(fn, dev, repeats)
@@ -113,10 +110,10 @@ def sweep(batch: int = 64, tokens: int = 1024, dim: int = 1152, heads: int = 16,
     return out
 
 
-def best_shapes(rows: list[dict]) -> dict[str, tuple[int, int, bool, int]]:
+def best_shapes(rows: list[dict]) -> dict[str, tuple[int, int, int]]:
     """The fastest launch shape per kernel in `sweep` rows, as `triton_kernels.TUNING` takes it."""
     best: dict[str, dict] = {}
     for r in rows:
         if "ms" in r and (r["kernel"] not in best or r["ms"] < best[r["kernel"]]["ms"]):
             best[r["kernel"]] = r
-    return {k: (r["rows"], r["warps"], r["one_pass"], r.get("chunk", 0)) for k, r in best.items()}
+    return {k: (r["rows"], r["warps"], r.get("chunk", 0)) for k, r in best.items()}
