@@ -1,26 +1,27 @@
-"""The ditlab suite: one app, a page per domain. `python apps/suite.py` serves it on 127.0.0.1:7860."""
+"""The ditlab suite: one app, a page per domain. `python apps/suite.py` serves it on 127.0.0.1:7860.
+
+Pages come from the entry-point group `ditlab.pages` (`ditlab.core.ui.discover_pages`): a vertical adds its page
+in its own pyproject.toml, without editing this file. The page with route "" (the core demo) is the landing page.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
-from ditlab.core.ui import launch, load_app_module
-
-HERE = Path(__file__).resolve().parent
-# page title -> (route, app file); the first page is the landing page.
-PAGES = {"DiT engine": ("", "core.py"), "Medical": ("medical", "medical.py")}
+from ditlab.core.ui import discover_pages, launch
 
 
 def build() -> gr.Blocks:
-    (_, (_, landing)), *others = PAGES.items()
+    pages = discover_pages()
+    landing = [p for p in pages if p.route == ""]
     with gr.Blocks(title="ditlab") as suite:
         gr.Markdown("# ditlab\nOne diffusion-transformer engine, five domains.")
-        load_app_module(HERE / landing, "ditlab_app_core").build_page()
-    for title, (route, file) in others:
-        with suite.route(title, f"/{route}"):
-            load_app_module(HERE / file, f"ditlab_app_{route}").build_page()
+        for page in landing[:1]:
+            page.build()
+    for page in pages:
+        if page.route:
+            with suite.route(page.title, f"/{page.route}"):
+                page.build()
     return suite
 
 

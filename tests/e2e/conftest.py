@@ -1,14 +1,23 @@
 """Serve a Gradio app on a free local port and hand tests a gradio_client for it."""
 
 import contextlib
+import importlib.util
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
-from ditlab.core.ui import load_app_module
-
 APPS = Path(__file__).resolve().parents[2] / "apps"
+
+
+def load_app_module(path: Path, name: str):
+    """Import an app script (apps/<name>.py) by path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

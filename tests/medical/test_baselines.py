@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from ditlab.medical.acquisition import Acquisition, simulate
 from ditlab.medical.baselines import (
     FILTERS,
     fbp,
@@ -16,7 +17,7 @@ from ditlab.medical.baselines import (
 )
 from ditlab.medical.data import make_phantom
 from ditlab.medical.metrics import psnr
-from ditlab.medical.operators import FanBeam, ParallelBeam, simulate, volume_to_slices
+from ditlab.medical.operators import FanBeam, ParallelBeam, volume_to_slices
 
 UNIT = (0.0, 1.0)  # reconstructions are in window units: PSNR over the full (-1000, 1000) HU window
 
@@ -37,13 +38,14 @@ def ct_case():
     """One 64x64 textured slice, 30 views, 1% noise, simulated at 2x; a second phantom for validation."""
     torch.manual_seed(0)
     test, val = make_phantom((64, 64, 16), seed=0)[:, :, 6:7], make_phantom((64, 64, 16), seed=1)[:, :, 7:8]
-    y, op = simulate(test, "ct", views=30, noise=0.01, seed=0)
+    y, op = simulate(test, Acquisition("sparse-view", 30), noise=0.01, seed=0)
     return volume_to_slices(test), y, op, val
 
 
 def test_ct_baselines_rank_as_expected(ct_case):
     ref, y, op, val = ct_case
-    lam = tune_lambda(tv_pdhg_2d, [val], lams=(3e-5, 1e-4, 3e-4), method_kwargs={"iters": 100}, task="ct", views=30)
+    lam = tune_lambda(tv_pdhg_2d, [val], Acquisition("sparse-view", 30), lams=(3e-5, 1e-4, 3e-4),
+                      method_kwargs={"iters": 100})
     scores = {"zero": psnr(torch.zeros_like(ref), ref, UNIT), "fbp": psnr(fbp(y, op, "hann"), ref, UNIT),
               "sirt": psnr(sirt(y, op, 100), ref, UNIT), "tv": psnr(tv_pdhg_2d(y, op, lam, 100), ref, UNIT)}
     assert scores["fbp"] < scores["sirt"] <= scores["tv"], scores
@@ -53,7 +55,7 @@ def test_ct_baselines_rank_as_expected(ct_case):
 def test_tv_admm_3d_beats_fbp_on_a_stack():
     vol = make_phantom((32, 32, 8), seed=2)
     ref = volume_to_slices(vol)
-    y, op = simulate(vol, "ct", views=12, noise=0.01, seed=0)
+    y, op = simulate(vol, Acquisition("sparse-view", 12), noise=0.01, seed=0)
     scores = {"fbp": psnr(fbp(y, op), ref, UNIT), "tv3d": psnr(tv_admm_3d(y, op, 3e-4, iters=30), ref, UNIT)}
     assert scores["tv3d"] > scores["fbp"] + 3, scores
     with pytest.raises(ValueError, match=">= 2 slices"):
@@ -63,7 +65,7 @@ def test_tv_admm_3d_beats_fbp_on_a_stack():
 def test_mri_tv_cs_beats_zero_filled():
     vol = make_phantom((64, 64, 16), seed=0)[:, :, 6:7]
     ref = volume_to_slices(vol)
-    k, op = simulate(vol, "mri", accel=4, mask_kind="gaussian1d", noise=0.01, seed=0)
+    k, op = simulate(vol, Acquisition("mri", accel=4, mask="gaussian1d"), noise=0.01, seed=0)
     zf, cs = psnr(zero_filled(k, op), ref, UNIT), psnr(tv_cs(k, op, 3e-3, iters=150), ref, UNIT)
     assert cs > zf + 3, (zf, cs)
 

@@ -33,7 +33,7 @@ def phantom(tmp_path_factory):
 
 def test_reconstruct_keeps_affine_orientation_and_hu(tmp_path, phantom):
     out, metrics = tmp_path / "rec.nii.gz", tmp_path / "m.json"
-    r = run("reconstruct", phantom, "--out", out, "--views", 16, "--metrics", metrics, *FAST)
+    r = run("reconstruct", phantom, "--out", out, "--views", 16, "--json", metrics, *FAST)
     assert r.returncode == 0, r.stderr
     src, rec = nib.load(phantom), nib.load(out)
     assert np.allclose(rec.affine, src.affine)
@@ -58,15 +58,17 @@ def test_simulate_then_reconstruct_from_the_measurement_file(tmp_path, phantom):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--views", 1], "views must be an integer >= 2"),
+    (["--views", 1], "views must be an integer in [2, 720]"),
+    (["--views", 100000], "views must be an integer in [2, 720], got 100000"),
     (["--task", "mri", "--accel", 0.5], "acceleration must be >= 1"),
     (["--task", "tomography"], "unknown task"),
     (["--method", "magic"], "unknown method"),
     (["--angles", "0"], "--angles must be"),
     (["--steps", 0, "--method", "dds"], "steps must be >= 1"),
-    (["--cache", "lru"], "unknown cache"),
+    (["--cache", "lru"], "unknown cache policy"),
+    (["--device", "tpu"], "--device must be"),
     (["--task", "mri", "--method", "fbp"], "fbp is a CT method"),
-], ids=["views", "accel", "task", "method", "angles", "steps", "cache", "fbp-mri"])
+], ids=["views", "views-cap", "accel", "task", "method", "angles", "steps", "cache", "device", "fbp-mri"])
 def test_bad_options_exit_2_without_output(tmp_path, phantom, args, message):
     out = tmp_path / "rec.nii.gz"
     r = run("reconstruct", phantom, "--out", out, *args)
@@ -118,6 +120,19 @@ def test_batch_records_the_bad_file_and_goes_on_then_resumes(tmp_path, phantom):
     r = run("batch", src, out, *FAST)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 done, 2 already done, 0 failed" in r.stdout
+
+
+def test_a_bug_is_an_internal_error_not_bad_input(tmp_path, phantom):
+    """A TypeError from our code exits 1 as an internal error; --debug adds its traceback."""
+    code = ("import sys, torch; torch.set_num_threads(1); import ditlab.medical.reconstruct as r; "
+            "r.reconstruct_volume = lambda *a, **k: None + 1; from ditlab.core.cli import main; main()")
+    args = ["reconstruct", str(phantom), "--out", str(tmp_path / "rec.nii.gz"), *FAST]
+    plain = subprocess.run([sys.executable, "-c", code, "medical", *args], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 1 and "internal error: TypeError" in plain.stderr and "Traceback" not in plain.stderr
+    debug = subprocess.run([sys.executable, "-c", code, "--debug", "medical", *args], capture_output=True, text=True,
+                           timeout=300)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert not (tmp_path / "rec.nii.gz").exists()
 
 
 def test_batch_of_an_empty_folder_is_an_error(tmp_path):

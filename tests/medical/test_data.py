@@ -5,13 +5,12 @@ import pytest
 
 from ditlab.medical.data import (
     SIZES,
-    hu_to_unit,
     make_ood_volume,
     make_phantom,
     phantom_dataset,
     slices_for_training,
-    unit_to_hu,
 )
+from ditlab.medical.operators import hu_to_unit, unit_to_hu
 
 
 def test_phantom_is_seeded_hu_and_textured():

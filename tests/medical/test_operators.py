@@ -5,8 +5,19 @@ import pytest
 import torch
 from skimage.transform import radon
 
+from ditlab.medical.acquisition import Acquisition, simulate
 from ditlab.medical.data import make_phantom
-from ditlab.medical.operators import MASK_KINDS, MRI, FanBeam, ParallelBeam, mri_mask, simulate, volume_to_slices
+from ditlab.medical.operators import (
+    MASK_KINDS,
+    MAX_VIEWS,
+    MRI,
+    FanBeam,
+    ParallelBeam,
+    gradient,
+    gradient_adjoint,
+    mri_mask,
+    volume_to_slices,
+)
 
 
 def _dot_gap(op, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -58,7 +69,7 @@ def test_limited_angle_covers_only_its_range():
 
 
 def test_geometry_errors_are_clear():
-    with pytest.raises(ValueError, match="n_views must be an integer >= 2"):
+    with pytest.raises(ValueError, match=r"n_views must be an integer in \[2, 720\]"):
         ParallelBeam(1, 32)
     with pytest.raises(ValueError, match="angles must be"):
         ParallelBeam(8, 32, angles=(90, 0))
@@ -96,30 +107,65 @@ def test_simulation_adds_noise_and_avoids_the_inverse_crime():
     vol = make_phantom((32, 32, 8), seed=0)[:, :, 3:5]
     x = volume_to_slices(vol)
     clean_1x = ParallelBeam(20, 32).forward(x)
-    clean, op = simulate(vol, "ct", views=20, noise=0.0)
-    noisy, _ = simulate(vol, "ct", views=20, noise=0.01, seed=1)
+    clean, op = simulate(vol, Acquisition("sparse-view", 20), noise=0.0)
+    noisy, _ = simulate(vol, Acquisition("sparse-view", 20), noise=0.01, seed=1)
     gap = float((clean - clean_1x).norm() / clean_1x.norm())
     assert 1e-4 < gap < 0.03  # a different discretisation of the same object
     assert float((noisy - clean).norm() / clean.norm()) == pytest.approx(0.01, rel=0.1)
     assert op.size == 32 and noisy.shape == (2, 20, 32)
-    fan, fan_op = simulate(vol, "fan", views=20, noise=0.0)
+    fan, fan_op = simulate(vol, Acquisition("sparse-view", 20, geometry="fan"), noise=0.0)
     fan_1x = fan_op.forward(x)
     assert 1e-4 < float((fan - fan_1x).norm() / fan_1x.norm()) < 0.03
-    k, mri = simulate(vol, "mri", accel=4, noise=0.0)
+    k, mri = simulate(vol, Acquisition("mri", accel=4), noise=0.0)
     k_1x = mri.forward(x)
     assert 1e-4 < float((k - k_1x).norm() / k_1x.norm()) < 0.1  # bicubic upsampling damps the finest frequencies
 
 
 def test_simulate_rejects_bad_volumes():
+    ct = Acquisition("sparse-view", 8)
     with pytest.raises(ValueError, match="expected a volume"):
-        simulate(np.zeros((32, 32)), "ct")
+        simulate(np.zeros((32, 32)), ct)
     vol = np.zeros((16, 16, 2), np.float32)
     vol[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
-        simulate(vol, "ct")
+        simulate(vol, ct)
     with pytest.raises(ValueError, match="unknown task"):
-        simulate(np.zeros((16, 16, 2)), "pet")
-    with pytest.raises(ValueError, match="n_views must be an integer >= 2"):
-        simulate(np.zeros((16, 16, 2)), "ct", views=1)
+        Acquisition("pet")
+    with pytest.raises(ValueError, match=r"views must be an integer in \[2, 720\]"):
+        Acquisition("sparse-view", 1)
     with pytest.raises(ValueError, match="acceleration must be >= 1"):
-        simulate(np.zeros((16, 16, 2)), "mri", accel=0.5)
+        Acquisition("mri", accel=0.5)
+
+
+def test_view_count_is_capped_before_anything_is_allocated():
+    with pytest.raises(ValueError, match=rf"views must be an integer in \[2, {MAX_VIEWS}\], got 100000"):
+        Acquisition("sparse-view", 100000)
+    with pytest.raises(ValueError, match=r"n_views must be an integer in \[2, 720\]"):
+        ParallelBeam(100000, 64)
+    op = ParallelBeam(MAX_VIEWS, 1024)  # allowed views, but a grid too fine for one operator's ray samples
+    with pytest.raises(ValueError, match="ray samples"):
+        op.forward(torch.zeros(1, 1024, 1024))
+
+
+@pytest.mark.parametrize("make", [lambda s: ParallelBeam(9, 32, image_shape=s),
+                                  lambda s: FanBeam(9, 32, image_shape=s)])
+def test_non_square_slices_are_padded_with_air_and_cropped_back(make):
+    op, square = make((32, 20)), make(None)
+    assert op.image_shape == (32, 20) and op.offset == (0, 6)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 32, 20, generator=gen), torch.randn(2, *op.shape, generator=gen)
+    assert _dot_gap(op, x, y) < 1e-5  # still an exact adjoint pair
+    padded = torch.zeros(2, 32, 32)
+    padded[:, :, 6:26] = x
+    assert torch.allclose(op.forward(x), square.forward(padded), atol=1e-5)  # the slice sits mid-square in air
+    assert op.adjoint(y).shape == (2, 32, 20)
+    fine = op.refine(2)
+    assert fine.image_shape == (64, 40) and fine.offset == (0, 12)
+
+
+def test_gradient_adjoint_is_the_transpose():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 6, generator=gen, dtype=torch.float64)
+    dims, w = (0, 1, 2), (2.0, 1.0, 0.5)
+    g = torch.randn(3, 3, 5, 6, generator=gen, dtype=torch.float64)
+    assert float((gradient(x, dims, w) * g).sum()) == pytest.approx(float((x * gradient_adjoint(g, dims, w)).sum()))

@@ -10,8 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ditlab.core.training import TrainConfig, Trainer, load_checkpoint
-from ditlab.medical.data import hu_to_unit, make_phantom
+from ditlab.medical.data import make_phantom
 from ditlab.medical.models import TILE, prior_model
+from ditlab.medical.operators import hu_to_unit
 from ditlab.medical.train import (
     POOL,
     QUICK_SEED,

@@ -1,16 +1,73 @@
 """`ditlab`: the command-line root. Verticals plug in sub-apps through the entry-point group
-`ditlab.commands` (name -> a `typer.Typer`); `core` is one of them."""
+`ditlab.commands` (name -> a `typer.Typer`); `core` is one of them.
+
+The kit every vertical's CLI uses: the shared options (`JSON_OPT`, `THREADS_OPT`, `SEED_OPT`, `CACHE_OPT`,
+`WEIGHTS_OPT`, `DEVICE_OPT`), `setup_run` (threads and device from them) and `cache_policy` (a named, tuned
+policy of `ditlab.core.accel`). Errors: an `InputError` (or a missing file) prints one line and exits 2; any
+other exception is a bug and exits 1 as an internal error, with its traceback under `ditlab --debug`.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import typer
 
+from ditlab.core.errors import UsageError, is_input_error
+
 app = typer.Typer(name="ditlab", help="ditlab: one diffusion-transformer engine, five domains.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+_STATE = {"debug": bool(os.environ.get("DITLAB_DEBUG"))}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="On an internal error, print its traceback.")) -> None:
+    _STATE["debug"] = _STATE["debug"] or debug
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared options: one name and one meaning in every vertical
+# ----------------------------------------------------------------------------------------------
+
+JSON_OPT = typer.Option(None, "--json", help="Also write the results as JSON here (atomically).")
+THREADS_OPT = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch's default).")
+SEED_OPT = typer.Option(0, "--seed", help="Seed of every random draw (noise, sampling, masks).")
+CACHE_OPT = typer.Option("none", "--cache", help="Feature cache for the DiT: a named, tuned policy of "
+                         "ditlab.core.accel (none | fora | taylorseer | delta-dit | first-block | ras).")
+WEIGHTS_OPT = typer.Option(None, "--weights", help="A weights folder (config.json + model.safetensors) to use "
+                           "instead of the packaged model.")
+DEVICE_OPT = typer.Option("auto", "--device", help="cpu | cuda | cuda:N | auto (CUDA when available).")
+
+
+def setup_run(threads: int = 0, device: str = "auto"):
+    """Apply --threads and resolve --device: the `torch.device` to run on (a clear error for a CUDA device that
+    is not there)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
+    return dev
+
+
+def cache_policy(name: str):
+    """--cache NAME -> a fresh tuned policy from core (`accel.policy`), or None for "none"."""
+    from ditlab.core.accel import policy
+
+    return None if name == "none" else policy(name)
 core_app = typer.Typer(name="core", help="The DiT engine: demo model, sampling, benchmarks.",
                        no_args_is_help=True, add_completion=False)
 
@@ -19,7 +76,7 @@ core_app = typer.Typer(name="core", help="The DiT engine: demo model, sampling, 
 def demo_train(
     out: Path = typer.Option(None, help="Weights folder to write (default: the packaged demo-shapes folder)."),
     steps: int = typer.Option(None, help="Training steps (default: the shipped recipe)."),
-    seed: int = typer.Option(0, help="Seed for data, initialisation and sampling."),
+    seed: int = SEED_OPT,
 ) -> None:
     """Train the tiny class-conditional demo DiT on synthetic 16x16 shapes and write its weights."""
     from ditlab.core import demo
@@ -35,23 +92,24 @@ def sample_cmd(
     per_class: int = typer.Option(8, min=1, max=64, help="Samples per class."),
     steps: int = typer.Option(25, min=1, max=1000, help="Sampler steps."),
     guidance: float = typer.Option(2.0, min=0.0, help="Classifier-free guidance scale (1 = off)."),
-    seed: int = typer.Option(0),
-    checkpoint: Path = typer.Option(None, help="A weights folder to use instead of the packaged demo model."),
+    seed: int = SEED_OPT,
+    weights: Path = WEIGHTS_OPT,
 ) -> None:
     """Sample the demo model into a PNG grid."""
     from ditlab.core import demo
 
     if out.suffix.lower() != ".png":
-        raise ValueError(f"expected a .png output path, got {out}")
+        raise UsageError(f"expected a .png output path, got {out}")
     demo.write_grid(out, demo.sample_demo(per_class=per_class, steps=steps, guidance=guidance, seed=seed,
-                                          weights=checkpoint))
+                                          weights=weights))
     typer.echo(f"wrote {out}")
 
 
 @core_app.command("benchmark")
 def benchmark(
     quick: bool = typer.Option(False, help="Smaller sizes and fewer repeats (a minute or two)."),
-    json_path: Path = typer.Option(None, "--json", help="Also write the results as JSON here."),
+    json_path: Path = JSON_OPT,
+    threads: int = THREADS_OPT,
     accel: bool = typer.Option(False, "--accel", help="Benchmark caches, RAS and precision/compile instead "
                                "(against the uncached sample and diffusers' cache hooks)."),
     gpu: bool = typer.Option(False, "--gpu", help="With --accel: the CUDA tables (fused-kernel bandwidth, end-to-end "
@@ -61,6 +119,7 @@ def benchmark(
     sampling speed-ups and their quality cost."""
     if gpu and not accel:
         raise typer.BadParameter("--gpu goes with --accel")
+    setup_run(threads)
     if accel:
         from ditlab.core.accel import bench as accel_bench
 
@@ -87,13 +146,23 @@ def _load_verticals() -> None:
 
 
 def main() -> None:
-    """Entry point: usage errors exit 2 through click; bad input raised by ditlab exits 2 with its message."""
+    """Entry point: usage errors exit 2 through click; bad input (`InputError`, a missing file) exits 2 with its
+    one-line message; anything else is a bug: exit 1, the traceback under --debug."""
     _load_verticals()
     try:
         app()
-    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-        typer.echo(f"error: {str(e).strip(chr(39))}", err=True)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the one place that turns exceptions into exit codes
+        if is_input_error(e):
+            typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        if _STATE["debug"]:
+            traceback.print_exc()
+        typer.echo(f"internal error: {type(e).__name__}: {e} (a bug in ditlab, not in your input; "
+                   "`ditlab --debug ...` prints the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,18 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ditlab.core.errors import InputError
+from ditlab.medical.acquisition import Acquisition, simulate
 from ditlab.medical.metrics import psnr
-from ditlab.medical.operators import MRI, FanBeam, Operator, ParallelBeam, simulate, volume_to_slices
+from ditlab.medical.operators import (
+    MRI,
+    FanBeam,
+    Operator,
+    ParallelBeam,
+    gradient,
+    gradient_adjoint,
+    volume_to_slices,
+)
 
 FILTERS = ("ramlak", "hann")
 
@@ -26,7 +36,7 @@ def ramp_filter(n_det: int, filter: str = "ramlak", spacing: float = 1.0) -> tor
     of two >= 2 n_det: the FFT of the band-limited spatial kernel h(0) = 1 / (4 s^2), h(odd n) = -1 / (pi n s)^2
     (Kak & Slaney), times the cell size s; `hann` multiplies it by a Hann window reaching 0 at Nyquist."""
     if filter not in FILTERS:
-        raise ValueError(f"unknown filter {filter!r}; expected one of {FILTERS}")
+        raise InputError(f"unknown filter {filter!r}; expected one of {FILTERS}")
     n_fft = 1 << math.ceil(math.log2(2 * n_det))
     n = torch.fft.fftfreq(n_fft, 1 / n_fft, dtype=torch.float64)  # integer offsets in FFT order
     h = torch.where(n.remainder(2) == 1, -1 / (math.pi * n * spacing) ** 2, torch.zeros_like(n))
@@ -97,26 +107,6 @@ def _power_iteration(op: Operator, iters: int, seed: int) -> float:
     return 1.01 * math.sqrt(float(n))
 
 
-def _grad(x: torch.Tensor, dims: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
-    """Forward differences along `dims` (zero at the far edge), stacked first: (len(dims), *x.shape)."""
-    out = torch.zeros(len(dims), *x.shape, dtype=x.dtype, device=x.device)
-    for i, (d, w) in enumerate(zip(dims, weights, strict=True)):
-        n = x.shape[d]
-        out[i].narrow(d, 0, n - 1).copy_(w * (x.narrow(d, 1, n - 1) - x.narrow(d, 0, n - 1)))
-    return out
-
-
-def _grad_adjoint(g: torch.Tensor, dims: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
-    """The transpose of `_grad` (minus the divergence)."""
-    x = torch.zeros_like(g[0])
-    for i, (d, w) in enumerate(zip(dims, weights, strict=True)):
-        n = g.shape[d + 1]
-        gi = w * g[i].narrow(d, 0, n - 1)
-        x.narrow(d, 0, n - 1).sub_(gi)
-        x.narrow(d, 1, n - 1).add_(gi)
-    return x
-
-
 def tv_pdhg_2d(y: torch.Tensor, op: Operator, lam: float, iters: int = 300, nonneg: bool = True,
                x0: torch.Tensor | None = None) -> torch.Tensor:
     """TV reconstruction slice by slice (batched): Chambolle-Pock on (1 / 2||A||^2) ||A x - y||^2 + lam TV_2D(x).
@@ -138,9 +128,9 @@ def tv_pdhg_2d(y: torch.Tensor, op: Operator, lam: float, iters: int = 300, nonn
     x_bar, p, q = x.clone(), torch.zeros_like(y), torch.zeros(2, *x.shape, dtype=x.dtype, device=x.device)
     for _ in range(iters):
         p = (p + sigma * (A(x_bar) - yn)) / (1 + sigma)
-        q = q + sigma_grad * _grad(x_bar, dims, w)
+        q = q + sigma_grad * gradient(x_bar, dims, w)
         q = q / (q.norm(dim=0, keepdim=True) / lam_eff).clamp(min=1)
-        x_new = x - tau * (At(p) + _grad_adjoint(q, dims, w))
+        x_new = x - tau * (At(p) + gradient_adjoint(q, dims, w))
         if nonneg:
             x_new = x_new.clamp(min=0)
         x_bar, x = 2 * x_new - x, x_new
@@ -155,21 +145,21 @@ def tv_admm_3d(y: torch.Tensor, op: Operator, lam: float, iters: int = 60, rho: 
     `z_weight` scales the differences across slices (e.g. in-plane / slice spacing for anisotropic voxels).
     """
     if y.shape[0] < 2:
-        raise ValueError(f"tv_admm_3d needs a stack of >= 2 slices, got {y.shape[0]}; use tv_pdhg_2d for one slice")
+        raise InputError(f"tv_admm_3d needs a stack of >= 2 slices, got {y.shape[0]}; use tv_pdhg_2d for one slice")
     scale = op_norm(op)
     rho = 10 * lam if rho is None else rho
     dims, w = (0, 1, 2), (z_weight, 1.0, 1.0)
     rhs_data = op.adjoint(y) / scale ** 2
     x = rhs_data.clone() if x0 is None else x0.clone()
-    z = _grad(x, dims, w)
+    z = gradient(x, dims, w)
     u = torch.zeros_like(z)
 
     def normal(v: torch.Tensor) -> torch.Tensor:
-        return op.adjoint(op.forward(v)) / scale ** 2 + rho * _grad_adjoint(_grad(v, dims, w), dims, w)
+        return op.adjoint(op.forward(v)) / scale ** 2 + rho * gradient_adjoint(gradient(v, dims, w), dims, w)
 
     for _ in range(iters):
-        x = cg(normal, rhs_data + rho * _grad_adjoint(z - u, dims, w), x, cg_iters)
-        g = _grad(x, dims, w) + u
+        x = cg(normal, rhs_data + rho * gradient_adjoint(z - u, dims, w), x, cg_iters)
+        g = gradient(x, dims, w) + u
         z = g * (1 - (lam / rho) / g.norm(dim=0, keepdim=True).clamp(min=1e-12)).clamp(min=0)
         u = g - z
     return x
@@ -210,15 +200,16 @@ def tv_cs(k: torch.Tensor, op: MRI, lam: float, iters: int = 300) -> torch.Tenso
 LAMBDA_GRID = tuple(float(v) for v in np.geomspace(1e-5, 1e-2, 7))
 
 
-def tune_lambda(method: Callable[..., torch.Tensor], val_volumes: Sequence[np.ndarray],
-                lams: Sequence[float] = LAMBDA_GRID, method_kwargs: dict | None = None, **simulate_kwargs) -> float:
+def tune_lambda(method: Callable[..., torch.Tensor], val_volumes: Sequence[np.ndarray], acquisition: Acquisition,
+                lams: Sequence[float] = LAMBDA_GRID, method_kwargs: dict | None = None, noise: float = 0.01,
+                seed: int = 0) -> float:
     """Grid search: the `lam` of `method(y, op, lam, **method_kwargs)` with the best mean PSNR (HU window) over
-    validation volumes (X, Y, Z) in HU, measured by `simulate(volume, **simulate_kwargs)`."""
+    validation volumes (X, Y, Z) in HU, measured by `simulate(volume, acquisition, noise, seed)`."""
     if not lams:
-        raise ValueError("lams is empty; expected at least one candidate lambda")
-    cases = [(volume_to_slices(v), *simulate(v, **simulate_kwargs)) for v in val_volumes]
+        raise InputError("lams is empty; expected at least one candidate lambda")
+    cases = [(volume_to_slices(v), *simulate(v, acquisition, noise=noise, seed=seed)) for v in val_volumes]
     if not cases:
-        raise ValueError("val_volumes is empty; expected at least one validation volume")
+        raise InputError("val_volumes is empty; expected at least one validation volume")
     scores = [np.mean([psnr(method(y, op, lam, **(method_kwargs or {})), ref, window=(0.0, 1.0))
                        for ref, y, op in cases]) for lam in lams]
     return float(lams[int(np.argmax(scores))])

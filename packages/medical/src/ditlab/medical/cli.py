@@ -1,8 +1,10 @@
 """`ditlab medical`: simulate acquisitions, reconstruct volumes (one or a folder), benchmark, train the prior.
 
-Errors in the inputs (not a 3D volume, NaN voxels, unreadable files, wrong extensions, absurd sizes, views < 2,
-acceleration < 1) raise ValueError / FileNotFoundError, which the `ditlab` root turns into a message and exit
-status 2; outputs are written atomically, so a failed run leaves no file behind.
+Errors in the inputs (not a 3D volume, NaN voxels, unreadable files, wrong extensions, absurd sizes, views
+outside [2, 720], acceleration < 1) raise core's `InputError` family (`VolumeError` among them) or
+FileNotFoundError, which the `ditlab` root turns into one line and exit status 2; outputs are written atomically,
+so a failed run leaves no file behind. Options shared with every vertical (--json, --threads, --seed, --cache,
+--weights, --device) come from `ditlab.core.cli`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import typer
 
+from ditlab.core.cli import CACHE_OPT, DEVICE_OPT, JSON_OPT, SEED_OPT, THREADS_OPT, WEIGHTS_OPT, cache_policy, setup_run
+from ditlab.core.errors import UsageError
 from ditlab.medical import __version__
 
 app = typer.Typer(
@@ -21,31 +25,18 @@ app = typer.Typer(
     add_completion=False,
 )
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
-CACHES = ("none", "taylorseer", "fora", "fbcache")
-
-
 def _acquisition(task: str, views: int, angles: str | None, accel: float, mask: str, geometry: str):
-    from ditlab.medical.reconstruct import Acquisition
+    from ditlab.medical.acquisition import Acquisition
 
     span = None
     if angles:
         try:
             span = tuple(float(v) for v in angles.split(","))
         except ValueError as e:
-            raise ValueError(f"--angles must be 'START,END' in degrees (e.g. 0,90), got {angles!r}") from e
+            raise UsageError(f"--angles must be 'START,END' in degrees (e.g. 0,90), got {angles!r}") from e
         if len(span) != 2:
-            raise ValueError(f"--angles must be 'START,END' in degrees (e.g. 0,90), got {angles!r}")
+            raise UsageError(f"--angles must be 'START,END' in degrees (e.g. 0,90), got {angles!r}")
     return Acquisition(task, views, span, accel, mask, geometry)
-
-
-def _cache(name: str):
-    from ditlab.core.accel import FORA, FirstBlockCache, TaylorSeer
-
-    if name not in CACHES:
-        raise ValueError(f"unknown cache {name!r}; expected one of {CACHES}")
-    return {"none": None, "taylorseer": TaylorSeer(interval=2, order=1), "fora": FORA(interval=2),
-            "fbcache": FirstBlockCache(threshold=0.05)}[name]
 
 
 STEPS_HELP = "Steps per DiT run (NFE = steps x runs averaged; default: the tuned setting, NFE 30)."
@@ -61,8 +52,10 @@ def _settings(task: str, steps: int | None):
 
 
 def _check_out(out: Path) -> None:
-    if not out.name.lower().endswith(VOLUME_SUFFIXES):
-        raise ValueError(f"--out must end with .nii or .nii.gz, got {out}")
+    from ditlab.medical.io import NIFTI_SUFFIXES
+
+    if not out.name.lower().endswith(NIFTI_SUFFIXES):
+        raise UsageError(f"--out must end with .nii or .nii.gz, got {out}")
 
 
 def _measure(path: Path, acq, noise: float, seed: int):
@@ -79,8 +72,8 @@ def _measure(path: Path, acq, noise: float, seed: int):
 class _Prior:
     """The packaged prior (or --weights), loaded once when a DiT method first needs it."""
 
-    def __init__(self, weights: Path | None, seed: int) -> None:
-        self.weights, self.seed, self._prior = weights, seed, None
+    def __init__(self, weights: Path | None, seed: int, device: str = "auto") -> None:
+        self.weights, self.seed, self.device, self._prior = weights, seed, device, None
 
     def __call__(self, method: str):
         from ditlab.medical.reconstruct import DIT_METHODS
@@ -92,14 +85,15 @@ class _Prior:
 
             from ditlab.medical.models import SlicePrior, load_prior
 
-            self._prior = SlicePrior(load_prior(self.weights), generator=torch.Generator().manual_seed(self.seed))
+            model = load_prior(self.weights, device=self.device)
+            self._prior = SlicePrior(model, generator=torch.Generator().manual_seed(self.seed))
         return self._prior
 
 
 @app.command()
 def info() -> None:
     """Print the package version, the tasks and methods, and the packaged prior."""
-    from ditlab.medical.reconstruct import METHODS, TASKS
+    from ditlab.medical import METHODS, TASKS
 
     typer.echo(f"ditlab-medical {__version__}")
     typer.echo(f"tasks: {', '.join(TASKS)}; methods: {', '.join(METHODS)}")
@@ -108,7 +102,7 @@ def info() -> None:
 
 
 TASK_OPT = typer.Option("sparse-view", help="sparse-view | limited-angle | mri")
-VIEWS_OPT = typer.Option(8, help="CT views (>= 2).")
+VIEWS_OPT = typer.Option(8, help="CT views, 2 to 720.")
 ANGLES_OPT = typer.Option(None, help="CT angular range 'START,END' in degrees (limited-angle default 0,90).")
 ACCEL_OPT = typer.Option(4.0, help="MRI acceleration (>= 1).")
 MASK_OPT = typer.Option("uniform1d", help="MRI mask: uniform1d | gaussian1d | random1d | uniform2d | ...")
@@ -123,7 +117,7 @@ def simulate(
     gt: Path = typer.Option(None, help="Ground-truth NIfTI to write (default: OUT with _gt.nii.gz)."),
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
-    seed: int = typer.Option(0, help="Seed of the noise (and of random MRI masks)."),
+    seed: int = SEED_OPT,
 ) -> None:
     """Measure a volume: sinograms or k-space (simulated at 2x, with noise) + the ground truth volume."""
     from ditlab.medical.io import load_volume, save_measurement, save_volume
@@ -131,7 +125,7 @@ def simulate(
 
     acq = _acquisition(task, views, angles, accel, mask, geometry)
     if out.suffix.lower() != ".npz":
-        raise ValueError(f"--out must end with .npz, got {out}")
+        raise UsageError(f"--out must end with .npz, got {out}")
     gt = gt or out.with_name(out.name[:-4] + "_gt.nii.gz")
     _check_out(gt)
     vol = load_volume(volume)
@@ -151,20 +145,21 @@ def reconstruct(
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
     steps: int = typer.Option(None, help=STEPS_HELP),
-    cache: str = typer.Option("none", help=f"Feature cache for the DiT: {' | '.join(CACHES)}."),
-    weights: Path = typer.Option(None, help="A prior weights folder (config.json + safetensors) to use instead."),
-    seed: int = typer.Option(0),
-    metrics: Path = typer.Option(None, help="Also write the metrics as JSON here (volumes only: needs ground truth)."),
+    cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, seed: int = SEED_OPT, threads: int = THREADS_OPT,
+    device: str = DEVICE_OPT,
+    metrics: Path = JSON_OPT,
 ) -> None:
     """Reconstruct one volume. A volume input is measured first (--task ...) and scored against itself."""
-    from ditlab.core.weights import atomic_write
+    from ditlab.core.files import write_json
     from ditlab.medical.io import save_volume
-    from ditlab.medical.reconstruct import evaluate, reconstruct_volume
+    from ditlab.medical.metrics import evaluate
+    from ditlab.medical.reconstruct import reconstruct_volume
 
     _check_out(out)
     acq = _acquisition(task, views, angles, accel, mask, geometry)
     _settings(acq.task, steps)  # bad options fail before the volume is read
-    policy = _cache(cache)
+    policy = cache_policy(cache)
+    dev = setup_run(threads, device)
     meas, truth = _measure(source, acq, noise, seed)
     settings = _settings(meas.acquisition.task, steps)  # a measurement file brings its own task
     with typer.progressbar(length=1, label=f"{method} on {meas.acquisition.describe()}") as bar:
@@ -172,14 +167,14 @@ def reconstruct(
             bar.length = total
             bar.update(done - bar.pos)
 
-        vol, res = reconstruct_volume(meas, method, settings, prior=_Prior(weights, seed)(method), seed=seed,
+        vol, res = reconstruct_volume(meas, method, settings, prior=_Prior(weights, seed, dev)(method), seed=seed,
                                       progress=progress, cache=policy)
     save_volume(vol, out)
     figures = evaluate(vol.data, truth, meas, res) if truth is not None else {"seconds": res.seconds,
                                                                               "nfe": float(res.nfe)}
     typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
     if metrics is not None:
-        atomic_write(metrics, lambda p: p.write_text(json.dumps(figures, indent=2) + "\n"))
+        write_json(metrics, figures)
 
 
 @app.command()
@@ -190,32 +185,31 @@ def batch(
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
     steps: int = typer.Option(None, help=STEPS_HELP),
-    weights: Path = typer.Option(None, help="A prior weights folder to use instead of the packaged one."),
+    cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, seed: int = SEED_OPT, threads: int = THREADS_OPT,
+    device: str = DEVICE_OPT,
     engine: str = typer.Option("local", help="local | ray"),
     resume: bool = typer.Option(True, help="Skip inputs already done according to the manifest."),
-    seed: int = typer.Option(0),
 ) -> None:
     """Reconstruct every volume of a folder; a failing file is recorded in the manifest and the batch goes on."""
     from ditlab.core.batch import items_from_folder, run_batch
-    from ditlab.medical.io import save_volume
-    from ditlab.medical.reconstruct import METHODS, evaluate, reconstruct_volume
+    from ditlab.medical.io import MEASUREMENT_SUFFIX, NIFTI_SUFFIXES, save_volume, volume_stem
+    from ditlab.medical.metrics import evaluate
+    from ditlab.medical.reconstruct import METHODS, reconstruct_volume
 
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        raise UsageError(f"unknown method {method!r}; expected one of {METHODS}")
     acq = _acquisition(task, views, angles, accel, mask, geometry)
     _settings(acq.task, steps)
-
-    def out_name(p: Path) -> str:
-        stem = p.name[: -len(".nii.gz")] if p.name.lower().endswith(".nii.gz") else p.stem
-        return f"{stem}_{method}.nii.gz"
-
-    items = items_from_folder(in_dir, out_dir, (*VOLUME_SUFFIXES, ".npz"), out_name, include_dirs=True)
-    prior = _Prior(weights, seed)
+    cache_policy(cache)  # an unknown name fails before the first volume
+    dev = setup_run(threads, device)
+    items = items_from_folder(in_dir, out_dir, (*NIFTI_SUFFIXES, MEASUREMENT_SUFFIX),
+                              lambda p: f"{volume_stem(p)}_{method}.nii.gz", include_dirs=True)
+    prior = _Prior(weights, seed, dev)
 
     def predict(item) -> dict:
         meas, truth = _measure(Path(item.input), acq, noise, seed)
         vol, res = reconstruct_volume(meas, method, _settings(meas.acquisition.task, steps), prior=prior(method),
-                                      seed=seed)
+                                      seed=seed, cache=cache_policy(cache))
         save_volume(vol, item.output)
         return evaluate(vol.data, truth, meas, res) if truth is not None else {"nfe": res.nfe}
 
@@ -231,8 +225,8 @@ def batch(
 @app.command()
 def benchmark(
     quick: bool = typer.Option(False, help="64x64x32 volumes and fewer methods (a few minutes)."),
-    json_path: Path = typer.Option(None, "--json", help="Also write rows and goals as JSON here."),
-    threads: int = typer.Option(0, help="torch threads (0: torch's default)."),
+    json_path: Path = JSON_OPT,
+    threads: int = THREADS_OPT,
 ) -> None:
     """Reconstruction quality, time and memory of every method side by side, with the issue's goals."""
     from ditlab.medical.bench import run_benchmark
@@ -244,7 +238,7 @@ def benchmark(
 def train(
     out: Path = typer.Option(Path.home() / ".cache/ditlab/ct-prior", help="Run folder (checkpoint + log); resumed."),
     steps: int = typer.Option(..., help="Total optimizer steps to reach (a resumed run continues to this)."),
-    threads: int = typer.Option(1, help="torch threads."),
+    threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads (0: torch's default)."),
     resume_file: Path = typer.Option(None, help="A committed resume file to start from when OUT has no checkpoint "
                                      "(default: packages/medical/training/ct-prior.resume.safetensors)."),
     export: bool = typer.Option(False, help="Afterwards pack weights + EMA (fp16) into the resume file."),

@@ -12,39 +12,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.ndimage import gaussian_filter
 
+from ditlab.core.errors import InputError
 from ditlab.medical.io import Volume, save_volume
-
-HU_WINDOW = (-1000.0, 1000.0)
-"""The window of every normalisation and metric unless stated: air -1000 HU -> 0, 1000 HU -> 1."""
+from ditlab.medical.operators import HU_WINDOW, hu_to_unit
 
 SIZES = {"quick": (64, 64, 32), "full": (128, 128, 64)}
 SPACING = (0.8, 0.8, 2.5)  # mm, X Y Z
 
-Array = np.ndarray | torch.Tensor
-
-
-def hu_to_unit(hu: Array, a_min: float = HU_WINDOW[0], a_max: float = HU_WINDOW[1], clip: bool = True) -> Array:
-    """MONAI's `ScaleIntensityRange(a_min, a_max, b_min=0, b_max=1, clip)`: HU -> [0, 1] (air is 0)."""
-    u = (hu - a_min) / (a_max - a_min)
-    return u.clip(0, 1) if clip else u
-
-
-def unit_to_hu(u: Array, a_min: float = HU_WINDOW[0], a_max: float = HU_WINDOW[1]) -> Array:
-    """Inverse of `hu_to_unit` (without the clip)."""
-    return u * (a_max - a_min) + a_min
-
-
 def _shape(size: str | tuple[int, int, int]) -> tuple[int, int, int]:
     if isinstance(size, str):
         if size not in SIZES:
-            raise ValueError(f"unknown size {size!r}; expected one of {sorted(SIZES)} or a shape (X, Y, Z)")
+            raise InputError(f"unknown size {size!r}; expected one of {sorted(SIZES)} or a shape (X, Y, Z)")
         return SIZES[size]
     shape = tuple(int(n) for n in size)
     if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"expected a 3D shape (X, Y, Z) with every side >= 8, got {size}")
+        raise InputError(f"expected a 3D shape (X, Y, Z) with every side >= 8, got {size}")
     return shape
 
 

@@ -15,7 +15,9 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
-from ditlab.core.weights import atomic_write
+from ditlab.core.errors import FileFormatError
+from ditlab.core.files import atomic_write, split_suffix
+from ditlab.medical.acquisition import Acquisition, Measurement
 
 MAX_SHAPE = (1024, 1024, 2048)
 """Largest volume accepted, voxels per axis in RAS order (X, Y, Z): 8 GiB of float32 at most."""
@@ -23,7 +25,7 @@ MAX_SHAPE = (1024, 1024, 2048)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-class VolumeError(ValueError):
+class VolumeError(FileFormatError):
     """An input volume or file that cannot be used: the message says what was wrong and what was expected."""
 
 
@@ -72,7 +74,12 @@ def _check_affine(affine: np.ndarray, what: str) -> np.ndarray:
 
 
 def _suffix(path: Path) -> str:
-    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+    return split_suffix(path, NIFTI_SUFFIXES)[1] or path.suffix.lower()
+
+
+def volume_stem(path: str | Path) -> str:
+    """A volume or measurement file's name without its suffix (`scan.nii.gz` -> `scan`); a DICOM folder's name."""
+    return split_suffix(path, (*NIFTI_SUFFIXES, MEASUREMENT_SUFFIX))[0]
 
 
 def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,8 +199,8 @@ def save_volume(volume: Volume, path: str | Path) -> Path:
 MEASUREMENT_SUFFIX = ".npz"
 
 
-def save_measurement(meas, path: str | Path) -> Path:
-    """Write a `reconstruct.Measurement` as `.npz` (numpy arrays only, no pickle), atomically."""
+def save_measurement(meas: Measurement, path: str | Path) -> Path:
+    """Write a `Measurement` as `.npz` (numpy arrays only, no pickle), atomically."""
     import json
 
     path = Path(path)
@@ -214,14 +221,12 @@ def save_measurement(meas, path: str | Path) -> Path:
     return path
 
 
-def load_measurement(path: str | Path):
+def load_measurement(path: str | Path) -> Measurement:
     """Read a measurement file written by `save_measurement` (or `ditlab medical simulate`)."""
     import json
     import zipfile
 
     import torch
-
-    from ditlab.medical.reconstruct import Acquisition, Measurement
 
     path = Path(path)
     if not path.is_file():

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ditlab.core.diffusion import FlowMatching
+from ditlab.core.errors import InputError
 from ditlab.core.models import DiT
 
 PRIOR_NAME = "ct-prior"
@@ -56,9 +57,9 @@ class SlicePrior:
         from ditlab.core.accel.precision import bf16_supported
 
         if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+            raise InputError(f"batch must be >= 1, got {batch}")
         if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+            raise InputError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         if precision == "auto":
             precision = "bf16" if bf16_supported(next(model.parameters()).device)[0] else "fp32"
         self.precision = precision
@@ -100,13 +101,12 @@ class SlicePrior:
     @torch.no_grad()
     def x0(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
         """Tweedie's clean estimate in window units [0, 1] for slices x_t (B, H, W) on the [-1, 1] path."""
-        v = self.velocity(x_t, t)
-        return (x_t - t * v + 1) / 2
+        return (PATH.x0_from_output(x_t, t, self.velocity(x_t, t)) + 1) / 2
 
     @staticmethod
     def to_path(x_unit: torch.Tensor, t: float, noise: torch.Tensor) -> torch.Tensor:
         """Put clean slices in [0, 1] on the path at time t with the given noise: (1 - t)(2x - 1) + t eps."""
-        return (1 - t) * (2 * x_unit - 1) + t * noise
+        return PATH.interpolate(2 * x_unit - 1, noise, t)
 
 
 def n_params(model: torch.nn.Module) -> int:

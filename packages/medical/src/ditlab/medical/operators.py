@@ -14,35 +14,65 @@ detector, and angles turn the way `skimage.transform.radon`'s do.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ditlab.medical.data import hu_to_unit, unit_to_hu
+from ditlab.core.errors import InputError
+
+HU_WINDOW = (-1000.0, 1000.0)
+"""The window of every normalisation and metric unless stated: air -1000 HU -> 0, 1000 HU -> 1."""
+
+Array = np.ndarray | torch.Tensor
+
+
+def hu_to_unit(hu: Array, a_min: float = HU_WINDOW[0], a_max: float = HU_WINDOW[1], clip: bool = True) -> Array:
+    """MONAI's `ScaleIntensityRange(a_min, a_max, b_min=0, b_max=1, clip)`: HU -> [0, 1] (air is 0)."""
+    u = (hu - a_min) / (a_max - a_min)
+    return u.clip(0, 1) if clip else u
+
+
+def unit_to_hu(u: Array, a_min: float = HU_WINDOW[0], a_max: float = HU_WINDOW[1]) -> Array:
+    """Inverse of `hu_to_unit` (without the clip)."""
+    return u * (a_max - a_min) + a_min
+
 
 MAX_SAMPLES_PER_CALL = 1 << 24  # grid_sample outputs per chunk of views: bounds memory to ~64 MB in float32
+MAX_VIEWS = 720  # views per CT acquisition: sparse-view and limited-angle CT use far fewer
+MAX_RAY_SAMPLES = 1 << 27  # sample points of one CT operator (views x cells x steps): ~1 GiB as float32 (x, y)
 
 
 def _angles(n_views: int, angles: tuple[float, float] | None, full_deg: float) -> torch.Tensor:
-    if int(n_views) != n_views or n_views < 2:
-        raise ValueError(f"n_views must be an integer >= 2, got {n_views}")
+    if int(n_views) != n_views or not 2 <= n_views <= MAX_VIEWS:
+        raise InputError(f"n_views must be an integer in [2, {MAX_VIEWS}], got {n_views}")
     start, end = (0.0, full_deg) if angles is None else (float(angles[0]), float(angles[1]))
     if not 0 < end - start <= 360:
-        raise ValueError(f"angles must be (start_deg, end_deg) with 0 < end - start <= 360, got {angles}")
+        raise InputError(f"angles must be (start_deg, end_deg) with 0 < end - start <= 360, got {angles}")
     return torch.deg2rad(start + (end - start) * torch.arange(int(n_views), dtype=torch.float64) / n_views)
 
 
 class _RayOperator:
-    """A CT geometry given by sample points along every ray; forward sums them, adjoint is the transpose."""
+    """A CT geometry given by sample points along every ray; forward sums them, adjoint is the transpose.
 
-    def __init__(self, size: int, angles: torch.Tensor, det_count: int, step: float) -> None:
+    The rays cross a square grid of `size` pixels. Slices of `image_shape` (H, W) with a side shorter than
+    `size` (not square) sit in the middle of that square: the forward pads them with air, the adjoint and FBP
+    crop back, so the pair stays exact transposes."""
+
+    def __init__(self, size: int, angles: torch.Tensor, det_count: int, step: float,
+                 image_shape: tuple[int, int] | None = None) -> None:
         if int(size) != size or size < 2:
-            raise ValueError(f"size must be an integer >= 2, got {size}")
+            raise InputError(f"size must be an integer >= 2, got {size}")
         if step <= 0:
-            raise ValueError(f"step must be > 0 pixels, got {step}")
+            raise InputError(f"step must be > 0 pixels, got {step}")
+        h, w = (int(size), int(size)) if image_shape is None else (int(n) for n in image_shape)
+        if not (1 <= h <= size and 1 <= w <= size):
+            raise InputError(f"image_shape must fit the {size} x {size} grid, got {image_shape}")
         self.size, self.angles, self.det_count, self.step = int(size), angles, int(det_count), float(step)
         self.n_views = len(angles)
+        self.height, self.width = h, w
+        self.offset = ((size - h) // 2, (size - w) // 2)  # where the slice sits in the square (rows, columns)
         self._cache: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -56,8 +86,26 @@ class _RayOperator:
 
     @property
     def image_shape(self) -> tuple[int, int]:
-        """Shape of one slice: (size, size)."""
-        return self.size, self.size
+        """Shape of one slice: (H, W), (size, size) unless built for non-square slices."""
+        return self.height, self.width
+
+    def _refined(self, op: _RayOperator, factor: int) -> _RayOperator:
+        """`op` (this geometry `factor` times finer) with this slice region scaled by `factor`."""
+        op.height, op.width = factor * self.height, factor * self.width
+        op.offset = (factor * self.offset[0], factor * self.offset[1])
+        return op
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Slices (B, H, W) -> (B, size, size), air around them."""
+        if (self.height, self.width) == (self.size, self.size):
+            return x
+        (top, left), n = self.offset, self.size
+        return F.pad(x, (left, n - self.width - left, top, n - self.height - top))
+
+    def _crop(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, size, size) -> the slice region (B, H, W)."""
+        (top, left) = self.offset
+        return x[:, top:top + self.height, left:left + self.width]
 
     def _points(self) -> torch.Tensor:
         """Sample points (V, D, T, 2) as (x, y) in pixels from the image centre; float64."""
@@ -66,16 +114,23 @@ class _RayOperator:
     def _grid(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (device, dtype)
         if key not in self._cache:
+            steps = len(self._ray_steps(self.size / math.sqrt(2)))
+            if self.n_views * self.det_count * steps > MAX_RAY_SAMPLES:
+                raise InputError(f"{self.n_views} views x {self.det_count} detector cells on a {self.size}-pixel "
+                                 f"grid need about {self.n_views * self.det_count * steps:,} ray samples, more than "
+                                 f"the {MAX_RAY_SAMPLES:,} one operator may hold (~1 GiB); use fewer views or "
+                                 "smaller slices")
             self._cache[key] = (self._points() * (2.0 / self.size)).to(device=device, dtype=dtype)
         return self._cache[key]
 
     def _check_image(self, x: torch.Tensor) -> None:
-        if x.ndim != 3 or x.shape[1:] != (self.size, self.size):
-            raise ValueError(f"expected images (B, {self.size}, {self.size}), got shape {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[1:] != self.image_shape:
+            raise InputError(f"expected images (B, {self.height}, {self.width}), got shape {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Sinograms (B, n_views, det_count) of images (B, size, size)."""
+        """Sinograms (B, n_views, det_count) of images (B, H, W)."""
         self._check_image(x)
+        x = self._pad(x)
         grid = self._grid(x.device, x.dtype)  # (V, D, T, 2)
         V, D, T, _ = grid.shape
         chunk = max(1, MAX_SAMPLES_PER_CALL // (x.shape[0] * D * T))
@@ -85,11 +140,11 @@ class _RayOperator:
         return (torch.cat(out, dim=-1) * self.step).reshape(x.shape[0], V, D)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """The exact transpose of `forward`: images (B, size, size) from sinograms (B, n_views, det_count)."""
+        """The exact transpose of `forward`: images (B, H, W) from sinograms (B, n_views, det_count)."""
         if y.ndim != 3 or y.shape[1:] != self.shape:
-            raise ValueError(f"expected sinograms (B, {self.n_views}, {self.det_count}), got shape {tuple(y.shape)}")
+            raise InputError(f"expected sinograms (B, {self.n_views}, {self.det_count}), got shape {tuple(y.shape)}")
         with torch.enable_grad():
-            x = torch.zeros(y.shape[0], self.size, self.size, dtype=y.dtype, device=y.device, requires_grad=True)
+            x = torch.zeros(y.shape[0], *self.image_shape, dtype=y.dtype, device=y.device, requires_grad=True)
             (g,) = torch.autograd.grad(self.forward(x), x, grad_outputs=y, create_graph=y.requires_grad)
         return g
 
@@ -145,7 +200,7 @@ class _RayOperator:
         out = sum((F.grid_sample(inp[v:v + chunk], grid[v:v + chunk], mode="bilinear", padding_mode="zeros",
                                  align_corners=False)[..., 0] * weight[v:v + chunk]).sum(0)
                   for v in range(0, V, chunk))
-        return out.reshape(q.shape[0], H, W)
+        return self._crop(out.reshape(q.shape[0], H, W))
 
 
 class ParallelBeam(_RayOperator):
@@ -157,14 +212,15 @@ class ParallelBeam(_RayOperator):
     """
 
     def __init__(self, n_views: int, size: int, angles: tuple[float, float] | None = None,
-                 det_count: int | None = None, step: float = 0.5) -> None:
-        super().__init__(size, _angles(n_views, angles, 180.0), det_count or size, step)
+                 det_count: int | None = None, step: float = 0.5, image_shape: tuple[int, int] | None = None) -> None:
+        super().__init__(size, _angles(n_views, angles, 180.0), det_count or size, step, image_shape)
         self.angle_range = angles
         self.det_spacing = 1.0
 
     def refine(self, factor: int) -> ParallelBeam:
         """The same geometry on a grid `factor` times finer, with `factor` times as many detector cells."""
-        return ParallelBeam(self.n_views, factor * self.size, self.angle_range, factor * self.det_count, self.step)
+        return self._refined(ParallelBeam(self.n_views, factor * self.size, self.angle_range, factor * self.det_count,
+                                          self.step), factor)
 
     def _points(self) -> torch.Tensor:
         s = self._det_positions()[None, :, None]
@@ -188,23 +244,24 @@ class FanBeam(_RayOperator):
 
     def __init__(self, n_views: int, size: int, source_distance: float | None = None,
                  detector_distance: float | None = None, angles: tuple[float, float] | None = None,
-                 det_count: int | None = None, step: float = 0.5) -> None:
+                 det_count: int | None = None, step: float = 0.5, image_shape: tuple[int, int] | None = None) -> None:
         self.source_distance = float(source_distance or 2 * size)
         self.detector_distance = float(detector_distance if detector_distance is not None else size)
         if self.source_distance <= size / 2 or self.detector_distance < 0:
-            raise ValueError(f"source_distance must exceed half the image side ({size / 2} px) and "
+            raise InputError(f"source_distance must exceed half the image side ({size / 2} px) and "
                              f"detector_distance must be >= 0, got {source_distance}, {detector_distance}")
         self.magnification = (self.source_distance + self.detector_distance) / self.source_distance
         self.det_spacing = self.magnification
         R = self.source_distance
         det = det_count or 2 * math.ceil(R * math.tan(math.asin(size / 2 / R))) + 1
-        super().__init__(size, _angles(n_views, angles, 360.0), det, step)
+        super().__init__(size, _angles(n_views, angles, 360.0), det, step, image_shape)
         self.angle_range = angles
 
     def refine(self, factor: int) -> FanBeam:
         """The same geometry on a grid `factor` times finer, with `factor` times as many detector cells."""
-        return FanBeam(self.n_views, factor * self.size, factor * self.source_distance,
-                       factor * self.detector_distance, self.angle_range, factor * self.det_count, self.step)
+        return self._refined(FanBeam(self.n_views, factor * self.size, factor * self.source_distance,
+                                     factor * self.detector_distance, self.angle_range, factor * self.det_count,
+                                     self.step), factor)
 
     def _points(self) -> torch.Tensor:
         R, p = self.source_distance, self._det_positions()
@@ -238,7 +295,7 @@ class MRI:
     def __init__(self, mask: torch.Tensor | np.ndarray) -> None:
         mask = torch.as_tensor(mask)
         if mask.ndim != 2:
-            raise ValueError(f"expected a 2D sampling mask (H, W), got shape {tuple(mask.shape)}")
+            raise InputError(f"expected a 2D sampling mask (H, W), got shape {tuple(mask.shape)}")
         self.mask = mask.to(torch.bool)
 
     @property
@@ -258,14 +315,14 @@ class MRI:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Masked centred k-space (B, H, W), complex."""
         if x.ndim != 3 or tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"expected images (B, {self.shape[0]}, {self.shape[1]}), got shape {tuple(x.shape)}")
+            raise InputError(f"expected images (B, {self.shape[0]}, {self.shape[1]}), got shape {tuple(x.shape)}")
         k = torch.fft.fftshift(torch.fft.fft2(x, norm="ortho"), dim=(-2, -1))
         return k * self.mask.to(k.device)
 
     def adjoint(self, k: torch.Tensor) -> torch.Tensor:
         """Real part of the zero-filled inverse FFT: images (B, H, W)."""
         if k.ndim != 3 or tuple(k.shape[1:]) != self.shape:
-            raise ValueError(f"expected k-space (B, {self.shape[0]}, {self.shape[1]}), got shape {tuple(k.shape)}")
+            raise InputError(f"expected k-space (B, {self.shape[0]}, {self.shape[1]}), got shape {tuple(k.shape)}")
         k = torch.fft.ifftshift(k * self.mask.to(k.device), dim=(-2, -1))
         return torch.fft.ifft2(k, norm="ortho").real
 
@@ -284,11 +341,11 @@ def mri_mask(shape: tuple[int, int], accel: float, kind: str = "uniform1d", cent
     them with a Gaussian density around the centre (sigma a quarter of the side).
     """
     if kind not in MASK_KINDS:
-        raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+        raise InputError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
     if not accel >= 1:
-        raise ValueError(f"acceleration must be >= 1, got {accel}")
+        raise InputError(f"acceleration must be >= 1, got {accel}")
     if not 0 <= center_fraction < 1:
-        raise ValueError(f"center_fraction must be in [0, 1), got {center_fraction}")
+        raise InputError(f"center_fraction must be in [0, 1), got {center_fraction}")
     H, W = (int(n) for n in shape)
     rng = np.random.default_rng(seed)
     one_d = kind.endswith("1d")
@@ -302,7 +359,7 @@ def mri_mask(shape: tuple[int, int], accel: float, kind: str = "uniform1d", cent
     total = int(np.prod(dims))
     target = round(total / accel)
     if centre.sum() > target:
-        raise ValueError(f"center_fraction {center_fraction} alone samples {int(centre.sum())} of {total} "
+        raise InputError(f"center_fraction {center_fraction} alone samples {int(centre.sum())} of {total} "
                          f"{'columns' if one_d else 'points'}, more than 1/{accel} ({target}); lower one of them")
     outside = np.flatnonzero(~centre.ravel())
     need = target - int(centre.sum())
@@ -321,78 +378,38 @@ def mri_mask(shape: tuple[int, int], accel: float, kind: str = "uniform1d", cent
 
 
 Operator = ParallelBeam | FanBeam | MRI
-TASKS = ("ct", "fan", "mri")
+
+
+def gradient(x: torch.Tensor, dims: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
+    """Forward differences along `dims` (zero at the far edge), stacked first: (len(dims), *x.shape)."""
+    out = torch.zeros(len(dims), *x.shape, dtype=x.dtype, device=x.device)
+    for i, (d, w) in enumerate(zip(dims, weights, strict=True)):
+        n = x.shape[d]
+        out[i].narrow(d, 0, n - 1).copy_(w * (x.narrow(d, 1, n - 1) - x.narrow(d, 0, n - 1)))
+    return out
+
+
+def gradient_adjoint(g: torch.Tensor, dims: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
+    """The transpose of `gradient` (minus the divergence)."""
+    x = torch.zeros_like(g[0])
+    for i, (d, w) in enumerate(zip(dims, weights, strict=True)):
+        n = g.shape[d + 1]
+        gi = w * g[i].narrow(d, 0, n - 1)
+        x.narrow(d, 0, n - 1).sub_(gi)
+        x.narrow(d, 1, n - 1).add_(gi)
+    return x
 
 
 def volume_to_slices(volume_hu: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A volume (X, Y, Z) in HU -> its axial slices (Z, X, Y) in window units, float32, finite-checked."""
     hu = torch.as_tensor(volume_hu)
     if hu.ndim != 3:
-        raise ValueError(f"expected a volume (X, Y, Z) in HU, got shape {tuple(hu.shape)}")
+        raise InputError(f"expected a volume (X, Y, Z) in HU, got shape {tuple(hu.shape)}")
     if not torch.isfinite(hu).all():
-        raise ValueError("the volume has NaN or Inf voxels; expected finite HU values")
+        raise InputError("the volume has NaN or Inf voxels; expected finite HU values")
     return hu_to_unit(hu.to(torch.float32).permute(2, 0, 1)).contiguous()
 
 
 def slices_to_volume(x: torch.Tensor) -> np.ndarray:
     """Axial slices (Z, X, Y) in window units -> a volume (X, Y, Z) in HU, float32."""
     return unit_to_hu(x.detach().to("cpu", torch.float32).permute(1, 2, 0)).numpy()
-
-
-def simulate(volume_hu: np.ndarray | torch.Tensor, task: str | Operator = "ct", views: int = 30, accel: float = 4.0,
-             angles: tuple[float, float] | None = None, mask_kind: str = "uniform1d", noise: float = 0.01,
-             seed: int = 0, upsample: int = 2) -> tuple[torch.Tensor, Operator]:
-    """Measure the axial slices of a volume (X, Y, Z) in HU; return (measurements, operator at 1x).
-
-    `task` is "ct" (parallel beam, `views` over [0, 180) or `angles`), "fan" (`views` over [0, 360) or
-    `angles`), "mri" (`accel`, `mask_kind`), or an operator built for the slices (X, Y). Slices are
-    windowed to [0, 1], upsampled `upsample` times (bicubic) and measured on the finer grid, then
-    the detector is binned (CT) or k-space cropped (MRI) back to 1x: reconstructing at 1x does not
-    commit the inverse crime. Gaussian noise of std `noise` x the RMS of each slice's measurements
-    is added (complex for MRI, on the sampled points only).
-    """
-    if int(upsample) != upsample or upsample < 1:
-        raise ValueError(f"upsample must be an integer >= 1, got {upsample}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
-    x = volume_to_slices(volume_hu)  # (B, H, W)
-    B, H, W = x.shape
-    if isinstance(task, str):
-        builders = {"ct": lambda: ParallelBeam(views, H, angles=angles),
-                    "fan": lambda: FanBeam(views, H, angles=angles),
-                    "mri": lambda: MRI(mri_mask((H, W), accel, mask_kind, seed=seed))}
-        if task not in builders:
-            raise ValueError(f"unknown task {task!r}; expected one of {TASKS} or an operator")
-        if task != "mri" and H != W:
-            raise ValueError(f"CT needs square slices, got {H} x {W}")
-        op = builders[task]()
-    else:
-        op = task
-    fine = F.interpolate(x[:, None], scale_factor=upsample, mode="bicubic", align_corners=False)[:, 0].clamp(min=0)
-    if isinstance(op, MRI):
-        y = _fine_kspace(fine, (H, W), upsample) * op.mask
-        sampled = op.mask.expand_as(y)
-    else:
-        y = op.refine(upsample).forward(fine).reshape(B, *op.shape, upsample).mean(-1) / upsample
-        sampled = torch.ones_like(y, dtype=torch.bool)
-    gen = torch.Generator().manual_seed(seed)
-    rms = torch.sqrt((y.abs() ** 2).sum((1, 2)) / sampled.sum((1, 2)))[:, None, None]
-    e = torch.randn(y.shape, generator=gen)
-    if y.is_complex():
-        e = torch.complex(e, torch.randn(y.shape, generator=gen)) / math.sqrt(2) * op.mask
-    return y + noise * rms * e, op
-
-
-def _fine_kspace(fine: torch.Tensor, shape: tuple[int, int], upsample: int) -> torch.Tensor:
-    """The centred k-space of 1x images from their `upsample`x version: crop the low frequencies, rescale, and
-    undo the sub-pixel shift between the two grids' first pixels (their sample positions differ by
-    (upsample - 1) / (2 upsample) of a 1x pixel)."""
-    k = torch.fft.fftshift(torch.fft.fft2(fine, norm="ortho"), dim=(-2, -1)) / upsample
-    crop = [slice(upsample * n // 2 - n // 2, upsample * n // 2 - n // 2 + n) for n in shape]
-    k = k[:, crop[0], crop[1]]
-    shift = (upsample - 1) / (2 * upsample)
-    for axis, n in zip((-2, -1), shape, strict=True):
-        freq = (torch.arange(n) - n // 2).to(torch.float64)
-        ramp = torch.exp(2j * math.pi * freq * shift / n).to(k.dtype)
-        k = k * (ramp[:, None] if axis == -2 else ramp)
-    return k

@@ -20,7 +20,6 @@ Volumes of any depth run in slabs of `slab` slices (z-coupling inside a slab), s
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -29,87 +28,28 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ditlab.medical.baselines import _grad, _grad_adjoint, cg, fbp, op_norm, sirt, tv_admm_3d, tv_pdhg_2d
-from ditlab.medical.data import HU_WINDOW
+from ditlab.core.diffusion.samplers import flow_times
+from ditlab.core.errors import InputError
+from ditlab.medical.acquisition import TASKS, Acquisition, Measurement, simulate
+from ditlab.medical.baselines import cg, fbp, op_norm, sirt, tv_admm_3d, tv_pdhg_2d
+from ditlab.medical.data import phantom_affine
 from ditlab.medical.io import Volume, spacing_of, validate_volume
-from ditlab.medical.metrics import data_residual, per_plane, psnr, ssim, ssim3d
-from ditlab.medical.operators import (
-    MRI,
-    FanBeam,
-    Operator,
-    ParallelBeam,
-    mri_mask,
-    simulate,
-    slices_to_volume,
-    volume_to_slices,
-)
+from ditlab.medical.metrics import evaluate
+from ditlab.medical.models import PATH
+from ditlab.medical.operators import MRI, Operator, gradient, gradient_adjoint, slices_to_volume
 
-TASKS = ("sparse-view", "limited-angle", "mri")
+__all__ = ["METHODS", "DIT_METHODS", "Acquisition", "Measurement", "Result", "Settings", "defaults", "evaluate",
+           "reconstruct", "reconstruct_volume", "simulate_volume"]
+
 METHODS = ("dds", "dps", "reddiff", "fbp", "sirt", "tv", "tv3d")
 DIT_METHODS = ("dds", "dps", "reddiff")
 CT_ONLY_METHODS = ("fbp", "sirt")
-GEOMETRIES = ("parallel", "fan")
 Progress = Callable[[int, int], None] | None
 Tick = Callable[[], None]
 
 
 # ----------------------------------------------------------------------------------------------
-# Acquisitions
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class Acquisition:
-    """What was measured: sparse-view or limited-angle CT (parallel or fan beam), or Cartesian MRI."""
-
-    task: str = "sparse-view"
-    views: int = 8
-    angles: tuple[float, float] | None = None  # degrees; limited-angle default (0, 90)
-    accel: float = 4.0
-    mask: str = "uniform1d"
-    geometry: str = "parallel"
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
-        if self.geometry not in GEOMETRIES:
-            raise ValueError(f"unknown geometry {self.geometry!r}; expected one of {GEOMETRIES}")
-        if self.task == "mri":
-            if not (isinstance(self.accel, int | float) and self.accel >= 1):
-                raise ValueError(f"MRI acceleration must be >= 1, got {self.accel}")
-        else:
-            if int(self.views) != self.views or self.views < 2:
-                raise ValueError(f"views must be an integer >= 2, got {self.views}")
-            self.views = int(self.views)
-            if self.task == "limited-angle" and self.angles is None:
-                self.angles = (0.0, 90.0)
-            if self.angles is not None:
-                a = tuple(float(v) for v in self.angles)
-                if len(a) != 2 or not 0 < a[1] - a[0] <= 360:
-                    raise ValueError(f"angles must be (start_deg, end_deg) with 0 < end - start <= 360, "
-                                     f"got {self.angles}")
-                self.angles = a
-
-    def operator(self, size: tuple[int, int], seed: int = 0) -> Operator:
-        h, w = (int(n) for n in size)
-        if self.task == "mri":
-            return MRI(mri_mask((h, w), self.accel, self.mask, seed=seed))
-        if h != w:
-            raise ValueError(f"CT needs square slices, got {h} x {w}")
-        cls = ParallelBeam if self.geometry == "parallel" else FanBeam
-        return cls(self.views, h, angles=self.angles)
-
-    def describe(self) -> str:
-        if self.task == "mri":
-            return f"MRI x{self.accel:g} ({self.mask})"
-        span = "" if self.angles is None else f", {self.angles[0]:g}-{self.angles[1]:g} deg"
-        return f"CT {self.task} {self.views} views ({self.geometry}{span})"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------
-# Settings: the defaults were chosen on validation phantoms (seed 100) by `ditlab medical benchmark --tune`
+# Settings: the defaults were chosen on validation phantoms (seed 100); see BENCHMARKS.md
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
@@ -142,22 +82,22 @@ class Settings:
     def replace(self, **kw) -> Settings:
         unknown = set(kw) - set(asdict(self))
         if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}; expected some of {sorted(asdict(self))}")
+            raise InputError(f"unknown settings {sorted(unknown)}; expected some of {sorted(asdict(self))}")
         return Settings(**{**asdict(self), **kw})
 
     def check(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise InputError(f"steps must be >= 1, got {self.steps}")
         if not 0 < self.t_start <= 1:
-            raise ValueError(f"t_start must lie in (0, 1], got {self.t_start}")
+            raise InputError(f"t_start must lie in (0, 1], got {self.t_start}")
         if self.init not in ("tv", "fbp", "zero"):
-            raise ValueError(f"init must be 'tv', 'fbp' or 'zero', got {self.init!r}")
+            raise InputError(f"init must be 'tv', 'fbp' or 'zero', got {self.init!r}")
         if not 0 <= self.eta <= 1:
-            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+            raise InputError(f"eta must lie in [0, 1], got {self.eta}")
         if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
+            raise InputError(f"samples must be >= 1, got {self.samples}")
         if self.slab < 1 or self.batch < 1:
-            raise ValueError(f"slab and batch must be >= 1, got {self.slab}, {self.batch}")
+            raise InputError(f"slab and batch must be >= 1, got {self.slab}, {self.batch}")
 
 
 _WARM = {"steps": 10, "samples": 3, "t_start": 0.25, "eta": 0.5, "tv_inplane": 1.0, "z_weight": 5.0}
@@ -172,7 +112,7 @@ TUNED: dict[str, dict] = {  # DDS warm-started from TV at a low noise level, ADM
 
 def defaults(task: str) -> Settings:
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        raise InputError(f"unknown task {task!r}; expected one of {TASKS}")
     return Settings().replace(**TUNED[task])
 
 
@@ -181,7 +121,8 @@ def defaults(task: str) -> Settings:
 # ----------------------------------------------------------------------------------------------
 
 def _times(steps: int, t_start: float) -> list[float]:
-    return [t_start * (1 - i / steps) for i in range(steps + 1)]
+    """The flow sampler's time grid (core's `flow_times`) scaled to start at `t_start`."""
+    return (t_start * flow_times(steps)).tolist()
 
 
 def _init(y: torch.Tensor, op: Operator, s: Settings) -> torch.Tensor:
@@ -219,19 +160,19 @@ class _DataStep:
         if self.s.gamma:
             out = out + self.s.gamma * v
         if self.rho:
-            out = out + self.rho * _grad_adjoint(_grad(v, self.dims, self.w), self.dims, self.w)
+            out = out + self.rho * gradient_adjoint(gradient(v, self.dims, self.w), self.dims, self.w)
         return out
 
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
         b = self.rhs_data + self.s.gamma * x0 if self.s.gamma else self.rhs_data
         if self.rho:
             if self.z is None:
-                self.z = _grad(x0, self.dims, self.w)
+                self.z = gradient(x0, self.dims, self.w)
                 self.u = torch.zeros_like(self.z)
-            b = b + self.rho * _grad_adjoint(self.z - self.u, self.dims, self.w)
+            b = b + self.rho * gradient_adjoint(self.z - self.u, self.dims, self.w)
         x = cg(self.normal, b, x0, self.s.cg_iters)
         if self.rho:
-            g = _grad(x, self.dims, self.w) + self.u
+            g = gradient(x, self.dims, self.w) + self.u
             self.z = g * (1 - (self.s.tv_weight / self.rho) / g.norm(dim=0, keepdim=True).clamp(min=1e-12)).clamp(min=0)
             self.u = g - self.z
         return x
@@ -241,7 +182,7 @@ def _renoise(x_unit: torch.Tensor, eps_hat: torch.Tensor, t_next: float, eta: fl
              g: torch.Generator) -> torch.Tensor:
     """The path point at t_next of clean slices x (in [0, 1]) with a DDIM-like mix of predicted and fresh noise."""
     noise = math.sqrt(1 - eta ** 2) * eps_hat + eta * torch.randn(x_unit.shape, generator=g)
-    return (1 - t_next) * (2 * x_unit - 1) + t_next * noise
+    return PATH.interpolate(2 * x_unit - 1, noise, t_next)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,8 +203,7 @@ def dds(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, t
         x = step(x0).clamp(min=0)
         tick()
         if t_next > 0:
-            eps_hat = (x_t - (1 - t) * (2 * x0 - 1)) / t
-            x_t = _renoise(x.clamp(max=1), eps_hat, t_next, s.eta, g)
+            x_t = _renoise(x.clamp(max=1), PATH.noise_from_x0(x_t, t, 2 * x0 - 1), t_next, s.eta, g)
     return x
 
 
@@ -279,15 +219,14 @@ def dps(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generator, t
     for t, t_next in zip(times[:-1], times[1:], strict=True):
         x_t = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
-            v = prior.velocity(x_t, t, grad=True)
-            x0p = x_t - t * v  # [-1, 1] units
+            x0p = PATH.x0_from_output(x_t, t, prior.velocity(x_t, t, grad=True))  # [-1, 1] units
             res = (op.forward((x0p + 1) / 2) - y) / scale
             norms = res.abs().flatten(1).norm(dim=1)
             grad, = torch.autograd.grad(norms.sum(), x_t)
         tick()
         x0 = ((x0p.detach() + 1) / 2).clamp(0, 1)
         if t_next > 0:
-            eps_hat = (x_t.detach() - (1 - t) * x0p.detach()) / t
+            eps_hat = PATH.noise_from_x0(x_t.detach(), t, x0p.detach())
             x_t = _renoise(x0, eps_hat, t_next, s.eta, g) - s.zeta * grad
     return x0.clamp(min=0)
 
@@ -306,7 +245,7 @@ def reddiff(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generato
         eps = torch.randn(mu.shape, generator=g)
         with torch.no_grad():
             x_t = prior.to_path(mu.detach().clamp(0, 1), t, eps)
-            eps_hat = x_t + (1 - t) * prior.velocity(x_t, t)  # v = eps - x0, x_t = x0 + t v
+            eps_hat = PATH.noise_from_x0(x_t, t, PATH.x0_from_output(x_t, t, prior.velocity(x_t, t)))
         tick()
         with torch.enable_grad():
             data = 0.5 * ((op.forward(mu) - y).abs() ** 2).sum() / scale2
@@ -347,16 +286,16 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
     transformer features across the steps of each slab. `progress(done, total)` is called after each step.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        raise InputError(f"unknown method {method!r}; expected one of {METHODS}")
     s = settings or Settings()
     s.check()
     if y.ndim != 3:
-        raise ValueError(f"expected measurements (slices, ...) with 3 dimensions, got shape {tuple(y.shape)}")
+        raise InputError(f"expected measurements (slices, ...) with 3 dimensions, got shape {tuple(y.shape)}")
     t0 = time.perf_counter()
     n = y.shape[0]
     if method not in DIT_METHODS:
         if method in CT_ONLY_METHODS and isinstance(op, MRI):
-            raise ValueError(f"{method} is a CT method; for MRI use 'tv' (TV-CS), 'dds', 'dps' or 'reddiff'")
+            raise InputError(f"{method} is a CT method; for MRI use 'tv' (TV-CS), 'dds', 'dps' or 'reddiff'")
         out = []
         slabs = range(0, n, s.slab)
         for k, i in enumerate(slabs):
@@ -403,39 +342,14 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
 # Volumes: simulate an acquisition of a volume, reconstruct it, score it
 # ----------------------------------------------------------------------------------------------
 
-@dataclass
-class Measurement:
-    """Measurements of a volume's axial slices, with what is needed to write the reconstruction back."""
-
-    y: torch.Tensor  # (Z, ...) sinograms or k-space
-    acquisition: Acquisition
-    shape: tuple[int, int, int]  # (X, Y, Z) of the volume, RAS
-    affine: np.ndarray  # RAS affine of the volume
-    original_affine: np.ndarray | None = None
-    noise: float = 0.0
-    seed: int = 0
-    source: str = ""
-
-    @functools.cached_property
-    def operator(self) -> Operator:
-        """Built once: operators cache their sampling grids and norm."""
-        return self.acquisition.operator(self.shape[:2], seed=self.seed)
-
-
 def simulate_volume(volume: Volume | np.ndarray, acquisition: Acquisition, noise: float = 0.01, seed: int = 0,
                     upsample: int = 2) -> Measurement:
     """Measure a volume (a `Volume` or an (X, Y, Z) array in HU) with `acquisition`: simulated at `upsample`x
     with Gaussian noise of `noise` x the RMS measurement (`operators.simulate`), so no inverse crime."""
-    from ditlab.medical.data import phantom_affine
-
     if not isinstance(volume, Volume):
         data = validate_volume(volume)
         volume = Volume(data, phantom_affine(data.shape), (1.0, 1.0, 1.0), source="array")
-    x, yy, _ = volume.data.shape
-    if acquisition.task != "mri" and x != yy:
-        raise ValueError(f"CT needs square axial slices, the volume is {x} x {yy} in-plane")
-    op = acquisition.operator((x, yy), seed=seed)
-    y, _ = simulate(volume.data, op, noise=noise, seed=seed, upsample=upsample)
+    y, _ = simulate(volume.data, acquisition, noise=noise, seed=seed, upsample=upsample)
     return Measurement(y, acquisition, tuple(volume.data.shape), volume.affine, volume.original_affine, noise,
                        seed, volume.source)
 
@@ -448,29 +362,3 @@ def reconstruct_volume(meas: Measurement, method: str = "dds", settings: Setting
     hu = slices_to_volume(res.slices)
     return Volume(hu, meas.affine, spacing_of(meas.affine), source=f"{method} of {meas.source}",
                   original_affine=meas.original_affine), res
-
-
-def _ssim_or_nan(x, ref, window) -> float:
-    return ssim(x, ref, window) if min(x.shape) >= 11 else float("nan")
-
-
-def evaluate(rec_hu: np.ndarray, ref_hu: np.ndarray, meas: Measurement | None = None,
-             result: Result | None = None, window: tuple[float, float] = HU_WINDOW) -> dict[str, float]:
-    """PSNR and SSIM per plane and their means, 3D SSIM, data residual, seconds, NFE. SSIM needs 11 x 11 images:
-    planes (and 3D SSIM) of volumes thinner than 11 voxels are left out."""
-    p = per_plane(rec_hu, ref_hu, psnr, window=window)
-    out = {f"psnr_{k}": v for k, v in p.items()}
-    out["psnr"] = float(np.mean(list(p.values())))
-    sizes = {"axial": rec_hu.shape[:2], "coronal": rec_hu.shape[::2], "sagittal": rec_hu.shape[1:]}
-    q = {k: v for k, v in per_plane(rec_hu, ref_hu, _ssim_or_nan, window=window).items() if min(sizes[k]) >= 11}
-    if q:
-        out.update({f"ssim_{k}": v for k, v in q.items()})
-        out["ssim"] = float(np.mean(list(q.values())))
-    if min(rec_hu.shape) >= 11:
-        out["ssim3d"] = ssim3d(rec_hu, ref_hu, window=window)
-    if meas is not None:
-        x = volume_to_slices(np.clip(rec_hu, HU_WINDOW[0], None))
-        out["residual"] = data_residual(x, meas.operator, meas.y)
-    if result is not None:
-        out["seconds"], out["nfe"] = result.seconds, float(result.nfe)
-    return out

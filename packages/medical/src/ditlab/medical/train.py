@@ -7,37 +7,39 @@ pool of 64 + 64 volumes that slides by 8 new seeds every 250 steps, so the data 
 of the step alone and a resumed run sees what an uninterrupted one would.
 
 Training runs for as long as it is let run and resumes from `out/checkpoint` (float32, with AdamW moments).
-Between sessions on different machines the run travels as one half-precision file of weights + EMA
-(`export_resume` / `import_resume`, committed at `packages/medical/training/`); AdamW moments restart then.
+Between sessions on different machines the run travels as one half-precision file of weights + EMA, the
+repository's `training/ct-prior.resume.safetensors` (`ditlab.core.training.export_resume` / `import_resume`);
+AdamW moments restart then.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ditlab.core.diffusion import diffusion_loss
-from ditlab.core.weights import atomic_write, packaged_root, save_model
-from ditlab.medical.data import hu_to_unit, make_phantom
+from ditlab.core.training import Recipe, Trainer, export_resume, import_resume, load_checkpoint, resume_path
+from ditlab.core.training.trainer import CHECKPOINT_NAME
+from ditlab.core.weights import package
+from ditlab.medical.data import make_phantom
 from ditlab.medical.models import PATH, PRIOR_NAME, TILE, n_params, prior_model
+from ditlab.medical.operators import hu_to_unit
 
 TRAIN_SEED, QUICK_SEED = 100_000, 200_000
 POOL, SLIDE, REFRESH = 64, 8, 250
-RECIPE = {"batch": 32, "quick_share": 0.25, "lr": 3e-4, "warmup": 200, "ema_decay": 0.999, "grad_clip": 1.0,
-          "mixed_precision": "bf16", "checkpoint_every": 100}
-RESUME_FILE = Path(__file__).resolve().parents[3] / "training" / f"{PRIOR_NAME}.resume.safetensors"
+QUICK_SHARE = 0.25  # share of each batch that is whole slices of the small phantoms
+RECIPE = Recipe(batch=32, lr=3e-4, warmup=200, ema_decay=0.999, grad_clip=1.0, precision="bf16",
+                checkpoint_every=100, log_every=25)
 
 
 class SliceData:
     """`data(step, generator) -> {"x": (B, 1, 64, 64)}`: the training batches, a function of the step."""
 
-    def __init__(self, batch: int = RECIPE["batch"], quick_share: float = RECIPE["quick_share"],
+    def __init__(self, batch: int = RECIPE.batch, quick_share: float = QUICK_SHARE,
                  full_shape: tuple[int, int, int] = (128, 128, 64), quick_shape: tuple[int, int, int] = (64, 64, 32),
                  pool: int = POOL) -> None:
         self.batch, self.n_quick = batch, int(round(batch * quick_share))
@@ -79,57 +81,27 @@ def prior_loss(model: torch.nn.Module, batch: dict, generator: torch.Generator) 
     return diffusion_loss(model, PATH, batch["x"], generator=generator)
 
 
-def import_resume(file: str | Path, out_dir: str | Path) -> Path | None:
-    """Unpack a committed resume file into `out_dir/checkpoint` unless a checkpoint is already there."""
-    file, folder = Path(file), Path(out_dir) / "checkpoint"
-    if folder.is_dir() or not file.is_file():
-        return None
-    tensors: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}}
-    with safe_open(str(file), framework="pt") as f:
-        state = json.loads(f.metadata()["state"])
-        for key in f.keys():
-            part, name = key.split(".", 1)
-            tensors[part][name] = f.get_tensor(name=key).float()
-    folder.mkdir(parents=True)
-    save_file(tensors["model"], str(folder / "model.safetensors"), metadata={"format": "pt"})
-    save_file(tensors["ema"], str(folder / "ema.safetensors"), metadata={"format": "pt"})
-    state["checkpoint_dtype"] = "float32"
-    (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    return folder
+def train_prior(out_dir: str | Path, steps: int, resume_file: str | Path | None = None, progress: bool = True,
+                **changes) -> dict:
+    """Train (or resume) the prior in `out_dir` up to `steps` optimizer steps in total; return the trainer's report.
 
-
-def export_resume(out_dir: str | Path, file: str | Path = RESUME_FILE) -> Path:
-    """Pack `out_dir/checkpoint`'s weights + EMA into one float16 safetensors file (overwritten atomically)."""
-    from safetensors.torch import load_file
-
-    folder, file = Path(out_dir) / "checkpoint", Path(file)
-    if not (folder / "state.json").is_file():
-        raise FileNotFoundError(f"no checkpoint to export in {folder}")
-    tensors = {f"{part}.{k}": v.half().contiguous()
-               for part in ("model", "ema") for k, v in load_file(folder / f"{part}.safetensors").items()}
-    state = (folder / "state.json").read_text()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(file, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "state": state}))
-    return file
-
-
-def train_prior(out_dir: str | Path, steps: int, seed: int = 0, resume_file: str | Path | None = RESUME_FILE,
-                progress: bool = True, **overrides) -> dict:
-    """Train (or resume) the prior in `out_dir` up to `steps` optimizer steps in total; return the trainer's report."""
-    from ditlab.core.training import TrainConfig, Trainer
-
-    recipe = {**RECIPE, **overrides}
-    if resume_file is not None:
-        import_resume(resume_file, out_dir)
-    torch.manual_seed(seed)
+    The run goes on from `out_dir/checkpoint`, or from `resume_file` where that is further along (default: this
+    checkout's `training/ct-prior.resume.safetensors`, when there is one). `changes` replace fields of RECIPE.
+    """
+    recipe = replace(RECIPE, **changes)
+    file = Path(resume_file) if resume_file is not None else resume_path(PRIOR_NAME)
+    if resume_file is not None or file.is_file():
+        import_resume(file, Path(out_dir) / CHECKPOINT_NAME)
+    torch.manual_seed(recipe.seed)
     model = prior_model()
-    cfg = TrainConfig(steps=steps, lr=recipe["lr"], warmup_steps=recipe["warmup"], grad_clip=recipe["grad_clip"],
-                      ema_decay=recipe["ema_decay"], mixed_precision=recipe["mixed_precision"], seed=seed,
-                      output_dir=str(out_dir), checkpoint_every=recipe["checkpoint_every"], progress=progress,
-                      log_every=25)
-    trainer = Trainer(model, prior_loss, SliceData(recipe["batch"], recipe["quick_share"]), cfg)
-    report = trainer.train()
-    return {**report, "params": n_params(model)}
+    config = recipe.train_config(out_dir, steps=steps, progress=progress)
+    trainer = Trainer(model, prior_loss, SliceData(recipe.batch), config)
+    return {**trainer.train(), "params": n_params(model)}
+
+
+def export_prior_resume(out_dir: str | Path, file: str | Path | None = None) -> Path:
+    """Pack `out_dir/checkpoint` into `file` (default: this checkout's `training/ct-prior.resume.safetensors`)."""
+    return export_resume(Path(out_dir) / CHECKPOINT_NAME, file or resume_path(PRIOR_NAME))
 
 
 @torch.no_grad()
@@ -181,22 +153,15 @@ against them. CPU-trained for hours, not days: a weak prior by the field's stand
 
 def package_prior(out_dir: str | Path) -> dict:
     """Write the EMA weights of `out_dir/checkpoint` as the packaged `ct-prior` with its card and sha256."""
-    from ditlab.core.training import load_checkpoint
-
     model = prior_model()
-    state = load_checkpoint(Path(out_dir) / "checkpoint", model, ema=True)
+    state = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME, model, ema=True)
     model.eval()
     t0 = time.perf_counter()
     den = denoise_psnr(model)
     seconds = time.perf_counter() - t0
     card = MODEL_CARD.format(
-        params=n_params(model), train_seed=TRAIN_SEED, quick_seed=QUICK_SEED, steps=state["step"],
-        hours=state.get("elapsed_s", 0) / 3600, denoise=", ".join(f"t={t}: {p:.1f} dB" for t, p in den.items()),
-        **{k: RECIPE[k] for k in ("lr", "warmup", "batch", "grad_clip", "ema_decay")})
-    root = packaged_root("ditlab.medical")
-    digest = save_model(model, root / PRIOR_NAME, card=card, dtype=torch.float16)
-    sums = root / "SHA256SUMS"
-    lines = [ln for ln in (sums.read_text().splitlines() if sums.exists() else [])
-             if not ln.endswith(f"{PRIOR_NAME}/model.safetensors")]
-    sums.write_text("\n".join([*lines, f"{digest}  {PRIOR_NAME}/model.safetensors"]) + "\n")
-    return {"step": state["step"], "sha256": digest, "denoise_psnr": den, "eval_seconds": seconds}
+        **{**RECIPE.to_dict(), "steps": state["step"]}, params=n_params(model), train_seed=TRAIN_SEED,
+        quick_seed=QUICK_SEED, hours=state.get("elapsed_s", 0) / 3600,
+        denoise=", ".join(f"t={t}: {p:.1f} dB" for t, p in den.items()))
+    written = package(model, PRIOR_NAME, "ditlab.medical", card, dtype=torch.float16)
+    return {**written, "step": state["step"], "denoise_psnr": den, "eval_seconds": seconds}

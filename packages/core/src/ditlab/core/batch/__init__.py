@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ditlab.core.errors import InputError
+
 ENGINES = ("local", "ray")
 MANIFEST = "manifest.jsonl"
 
@@ -59,13 +61,13 @@ def items_from_folder(in_dir: str | Path, out_dir: str | Path, suffixes: Sequenc
     if not in_dir.is_dir():
         raise FileNotFoundError(f"no such input folder: {in_dir}")
     if out_dir.resolve() == in_dir.resolve():
-        raise ValueError(f"the output folder must differ from the input folder ({in_dir})")
+        raise InputError(f"the output folder must differ from the input folder ({in_dir})")
     items = []
     for p in sorted(in_dir.iterdir()):
         if p.is_file() and p.name.lower().endswith(tuple(s.lower() for s in suffixes)) or include_dirs and p.is_dir():
             items.append(Item(p.name, str(p), str(out_dir / out_name(p))))
     if not items:
-        raise ValueError(f"{in_dir} holds no inputs; expected files ending with {list(suffixes)}"
+        raise InputError(f"{in_dir} holds no inputs; expected files ending with {list(suffixes)}"
                          + (" or folders" if include_dirs else ""))
     return items
 
@@ -104,7 +106,7 @@ def run_batch(items: Iterable[Item], predict: Callable[[Item], dict | None], out
               ray_address: str | None = None) -> BatchReport:
     """Run `predict` over `items`, appending one manifest line per attempt to `out_dir/manifest.jsonl`."""
     if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+        raise InputError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / MANIFEST

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ditlab.core.diffusion.paths import Path
+from ditlab.core.errors import InputError
 
 
 def _cat(a, b):
@@ -12,7 +13,7 @@ def _cat(a, b):
         return None
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return torch.cat([a, b], dim=0)
-    raise ValueError(f"conditional and unconditional inputs must both be tensors or both None, "
+    raise InputError(f"conditional and unconditional inputs must both be tensors or both None, "
                      f"got {type(a).__name__} and {type(b).__name__}")
 
 
@@ -22,7 +23,7 @@ def null_kwargs(model: torch.nn.Module, model_kwargs: dict) -> dict:
     labels = model_kwargs.get("class_labels")
     extra = set(model_kwargs) - {"class_labels", "mask"}
     if labels is None or cfg is None or not cfg.num_classes or extra:
-        raise ValueError("classifier-free guidance needs `uncond_kwargs` unless the model is class-conditional "
+        raise InputError("classifier-free guidance needs `uncond_kwargs` unless the model is class-conditional "
                          f"and only class_labels are given (got {sorted(model_kwargs)})")
     return {**model_kwargs, "class_labels": torch.full_like(torch.as_tensor(labels), cfg.num_classes)}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ditlab.core.diffusion.paths import Path
+from ditlab.core.errors import InputError
 
 
 def masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -15,7 +16,7 @@ def masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     m = mask.to(err.dtype)
     if m.shape != err.shape:
         if m.shape != err.shape[: m.ndim]:
-            raise ValueError(f"loss mask of shape {tuple(m.shape)} does not fit the target {tuple(err.shape)}")
+            raise InputError(f"loss mask of shape {tuple(m.shape)} does not fit the target {tuple(err.shape)}")
         m = m.reshape(*m.shape, *([1] * (err.ndim - m.ndim))).expand_as(err)
     return (err * m).sum() / m.sum().clamp_min(1.0)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ditlab.core.errors import InputError
+
 
 def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """(B,) or scalar -> broadcastable against `like` (B, ...)."""
@@ -37,7 +39,7 @@ class FlowMatching:
 
     def __post_init__(self) -> None:
         if self.t_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"t_sampling must be 'uniform' or 'logit_normal', got {self.t_sampling!r}")
+            raise InputError(f"t_sampling must be 'uniform' or 'logit_normal', got {self.t_sampling!r}")
 
     def sample_t(self, n: int, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
         if self.t_sampling == "uniform":
@@ -63,6 +65,11 @@ class FlowMatching:
         """The velocity that makes `x0` the clean estimate at (x_t, t); t must be > 0."""
         return (x_t - x0) / _expand(t, x_t).clamp_min(1e-8)
 
+    def noise_from_x0(self, x_t: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
+        """The noise eps with x_t = interpolate(x0, eps, t) (DDIM's predicted noise); t must be > 0."""
+        t = _expand(t, x_t)
+        return (x_t - (1 - t) * x0) / t.clamp_min(1e-8)
+
 
 @dataclass
 class VPDiffusion:
@@ -81,7 +88,7 @@ class VPDiffusion:
         from diffusers import DDPMScheduler
 
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', "
+            raise InputError(f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', "
                              f"got {self.prediction_type!r}")
         sched = DDPMScheduler(**self.scheduler_config())
         self.alphas_cumprod = sched.alphas_cumprod.float()
@@ -126,10 +133,15 @@ class VPDiffusion:
         a = self._abar(t, x_t)
         if self.prediction_type == "sample":
             return x0
-        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        eps = self.noise_from_x0(x_t, t, x0)
         if self.prediction_type == "epsilon":
             return eps
         return a.sqrt() * eps - (1 - a).sqrt() * x0
+
+    def noise_from_x0(self, x_t: torch.Tensor, t, x0: torch.Tensor) -> torch.Tensor:
+        """The noise eps with x_t = interpolate(x0, eps, t) (DDIM's predicted noise)."""
+        a = self._abar(t, x_t)
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
 
 
 Path = FlowMatching | VPDiffusion

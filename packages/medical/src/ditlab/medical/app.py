@@ -1,0 +1,231 @@
+"""The medical page: simulate a CT or MRI acquisition of a volume, reconstruct it with classical and DiT-prior
+methods, compare them slice by slice and by the numbers. A page of the suite (entry point `ditlab.pages`);
+`python apps/medical.py` serves it alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ditlab.core.errors import InputError
+from ditlab.core.files import safe_stem
+from ditlab.core.ui import MODELS, Page, friendly_errors, guard_upload, progress_callback, request_dir
+from ditlab.medical import reconstruct as rec
+from ditlab.medical.acquisition import TASKS, Acquisition
+from ditlab.medical.data import SPACING, make_ood_volume, make_phantom, phantom_affine
+from ditlab.medical.io import NIFTI_SUFFIXES, Volume, VolumeError, load_volume, save_volume
+from ditlab.medical.metrics import PLANES, evaluate
+from ditlab.medical.models import PRIOR_NAME, SlicePrior, load_prior
+from ditlab.medical.operators import HU_WINDOW
+
+SAMPLES = {  # name -> HU volume (X, Y, Z) for a seed; test seeds (0+) never met in training
+    "phantom quick 64x64x32": lambda seed: make_phantom("quick", seed),
+    "phantom full 128x128x64": lambda seed: make_phantom("full", seed),
+    "out-of-distribution 64x64x32": lambda seed: make_ood_volume("quick", seed),
+}
+METHOD_LABELS = {"fbp": "FBP", "sirt": "SIRT", "tv": "TV", "tv3d": "TV 3D", "dds": "DDS (DiT)",
+                 "dps": "DPS (DiT)", "reddiff": "RED-diff (DiT)"}
+CT_ONLY = rec.CT_ONLY_METHODS
+WINDOWS = {"full [-1000, 1000]": HU_WINDOW, "soft tissue [-160, 240]": (-160.0, 240.0),
+           "lung [-1350, 150]": (-1350.0, 150.0)}
+MAX_VIEWS, MAX_ACCEL = 180, 16.0
+MIN_SIDE, MAX_VOXELS = 16, 256 ** 3  # what a CPU reconstructs in minutes; the `ditlab medical` CLI takes more
+MAX_UPLOAD = 256 * 2**20  # bytes: a 256^3 float64 volume with room to spare
+NIFTI_MAGIC = {".nii": (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"),
+               ".nii.gz": (b"\x1f\x8b",)}  # sizeof_hdr 348 (NIfTI-1) or 540 (NIfTI-2), either byte order; gzip
+PANEL = 256  # display pixels along the longest side of the volume
+COLUMNS = ["method", "PSNR (dB)", "PSNR axial", "PSNR coronal", "PSNR sagittal", "SSIM", "SSIM 3D", "residual",
+           "seconds", "NFE"]
+
+def _number(value: float | None, name: str) -> float:
+    if value is None:
+        raise InputError(f"{name} is empty; expected a number")
+    return value
+
+
+def _load_upload(path: str) -> Volume:
+    """The uploaded NIfTI, refused by its header before its voxels are read when too large for the app.
+
+    Messages name the file, not the server's upload folder."""
+    name = guard_upload(path, NIFTI_SUFFIXES, MAX_UPLOAD, NIFTI_MAGIC).name
+    try:
+        shape = nib.load(path).shape
+    except Exception:  # not a readable NIfTI: load_volume says why
+        shape = ()
+    if np.prod(shape[:3], dtype=np.int64) > MAX_VOXELS:
+        raise VolumeError(f"{name}: {tuple(shape)} is {np.prod(shape[:3]):,} voxels; the app reconstructs at most "
+                          f"{MAX_VOXELS:,} (256^3): crop or downsample it, or use `ditlab medical reconstruct`")
+    try:
+        vol = load_volume(path)
+    except VolumeError as e:
+        raise VolumeError(str(e).replace(str(path), name)) from e
+    vol.source = name
+    return vol
+
+
+def _ground_truth(upload: str | None, sample: str, seed: int) -> Volume:
+    if upload:
+        vol = _load_upload(upload)
+    elif sample in SAMPLES:
+        hu = SAMPLES[sample](seed)
+        vol = Volume(hu, phantom_affine(hu.shape), SPACING, source=sample)
+    else:
+        raise InputError(f"unknown sample {sample!r}; expected one of {list(SAMPLES)} or an uploaded volume")
+    if min(vol.data.shape) < MIN_SIDE:
+        raise VolumeError(f"{Path(vol.source).name}: shape {vol.data.shape}; expected every side >= {MIN_SIDE} "
+                          "voxels (a single slice is not a volume)")
+    return vol
+
+
+def _acquisition(task: str, views: float | None, accel: float | None) -> Acquisition:
+    views, accel = _number(views, "views"), _number(accel, "acceleration")
+    if task == "mri" and accel > MAX_ACCEL:
+        raise InputError(f"MRI acceleration must be from 1 to {MAX_ACCEL:g}, got {accel:g}")
+    if task != "mri" and not 2 <= views <= MAX_VIEWS:
+        raise InputError(f"views must be an integer from 2 to {MAX_VIEWS}, got {views:g}")
+    return Acquisition(task, views=views, accel=accel)
+
+
+def _plane(hu: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """One slice of a RAS volume (X, Y, Z) as displayed: radiological convention (patient's right on the viewer's
+    left), anterior up in axial, superior up in coronal and sagittal (anterior on the left)."""
+    return np.take(hu, index, PLANES[plane]).T[::-1, ::-1]
+
+
+def _montage(state: dict, plane: str, index: int, window: tuple[float, float]) -> np.ndarray:
+    """Ground truth and each method side by side for one slice, windowed, at the voxels' true aspect ratio."""
+    volumes, spacing = state["volumes"], state["spacing"]
+    shape = next(iter(volumes.values())).shape
+    index = min(max(int(index), 0), shape[PLANES[plane]] - 1)
+    cols, rows = (a for a in range(3) if a != PLANES[plane])  # displayed columns and rows follow these axes
+    px_per_mm = PANEL / max(n * s for n, s in zip(shape, spacing, strict=True))
+    size = tuple(max(1, round(shape[a] * spacing[a] * px_per_mm)) for a in (cols, rows))
+    lo, hi = window
+    font, caption, gap = ImageFont.load_default(size=13), 20, 4
+    sheet = Image.new("L", (len(volumes) * (size[0] + gap) - gap, size[1] + caption), 0)
+    draw = ImageDraw.Draw(sheet)
+    for k, (label, hu) in enumerate(volumes.items()):
+        grey = (np.clip((_plane(hu, plane, index) - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+        x = k * (size[0] + gap)
+        sheet.paste(Image.fromarray(np.ascontiguousarray(grey)).resize(size, Image.BILINEAR), (x, caption))
+        draw.text((x + size[0] / 2, caption / 2), label, fill=255, font=font, anchor="mm")
+    return np.asarray(sheet)
+
+
+def render(state: dict | None, axial: float, coronal: float, sagittal: float, window: str):
+    """The three planes' montages of the kept results (no recomputation)."""
+    if not state:
+        return None, None, None
+    return tuple(_montage(state, plane, index, WINDOWS[window])
+                 for plane, index in zip(PLANES, (axial, coronal, sagittal), strict=True))
+
+
+@friendly_errors
+def run_reconstruction(upload: str | None, sample: str, task: str, views: float, accel: float, noise: float,
+                       methods: list[str], steps: float, seed: float, window: str, progress=gr.Progress()):
+    seed, noise = int(_number(seed, "seed")), _number(noise, "noise")
+    acq = _acquisition(task, views, accel)
+    if window not in WINDOWS:
+        raise InputError(f"unknown window {window!r}; expected one of {list(WINDOWS)}")
+    unknown = [m for m in methods if m not in METHOD_LABELS]
+    if not methods or unknown:
+        raise InputError(f"choose methods among {list(METHOD_LABELS)}, got {methods}")
+    chosen = [m for m in METHOD_LABELS if m in methods]
+    skipped = [m for m in chosen if task == "mri" and m in CT_ONLY]
+    chosen = [m for m in chosen if m not in skipped]
+    if not chosen:
+        raise InputError(f"{', '.join(METHOD_LABELS[m] for m in skipped)} are CT methods; for MRI choose TV, "
+                         "TV 3D or a DiT method")
+    tuned = rec.defaults(task)  # the slider sets the NFE; each task's tuned setting splits it into runs x steps
+    settings = tuned.replace(steps=max(1, round(int(_number(steps, "DiT NFE")) / tuned.samples)))
+    settings.check()
+
+    progress(0, desc="loading and measuring the volume")
+    truth = _ground_truth(upload, sample, seed)
+    meas = rec.simulate_volume(truth, acq, noise=noise, seed=seed)
+    out_dir = request_dir("medical")
+    stem = safe_stem(truth.source, NIFTI_SUFFIXES, default="volume")
+    volumes, rows, files = {"Ground truth": truth.data}, [], []
+    if not upload:
+        files.append(save_volume(truth, out_dir / f"{stem}_ground-truth.nii.gz"))
+    for i, method in enumerate(chosen):
+        label = METHOD_LABELS[method]
+        prior = None
+        if method in rec.DIT_METHODS:
+            prior = SlicePrior(MODELS.get(PRIOR_NAME, load_prior), batch=16,
+                               generator=torch.Generator().manual_seed(seed))
+        bar = progress_callback(progress, desc=f"{label} ({i + 1}/{len(chosen)})")
+        vol, result = rec.reconstruct_volume(meas, method, settings, prior=prior, seed=seed,
+                                             progress=lambda done, total, bar=bar: bar(done - 1, total))
+        m = evaluate(vol.data, truth.data, meas, result)
+        rows.append([label, *(round(m[f"psnr{p}"], 2) for p in ("", "_axial", "_coronal", "_sagittal")),
+                     *(round(m.get(k, float("nan")), 3) for k in ("ssim", "ssim3d")), round(m["residual"], 4),
+                     round(m["seconds"], 1), int(m["nfe"])])
+        volumes[label] = vol.data
+        files.append(save_volume(vol, out_dir / f"{stem}_{method}.nii.gz"))
+
+    shape = truth.data.shape
+    notes = [f"**{acq.describe()}**, noise {noise:g} x the RMS measurement, simulated from "
+             f"{Path(truth.source).name} ({' x '.join(map(str, shape))} voxels of "
+             f"{' x '.join(f'{s:g}' for s in truth.spacing)} mm). PSNR and SSIM on the window "
+             f"[{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}] HU; residual = ||A x - y|| / ||y||; NFE per slice."]
+    notes += [f"{METHOD_LABELS[m]} skipped: a CT method, not applicable to MRI." for m in skipped]
+    state = {"volumes": volumes, "spacing": truth.spacing}
+    middle = [shape[PLANES[p]] // 2 for p in PLANES]
+    sliders = [gr.Slider(0, shape[PLANES[p]] - 1, value=i, step=1) for p, i in zip(PLANES, middle, strict=True)]
+    return (state, *render(state, *middle, window), *sliders, pd.DataFrame(rows, columns=COLUMNS),
+            "\n\n".join(notes), [str(f) for f in files])
+
+
+def build_page() -> None:
+    """The page's components, created inside the caller's Blocks context."""
+    gr.Markdown(
+        "## Medical: 3D CT and MRI reconstruction with a DiT prior\n"
+        "The volume you upload (or the sample you pick) is the **ground truth**: the app simulates the acquisition "
+        "from it (sparse-view or limited-angle parallel-beam CT, or Cartesian MRI, with noise), reconstructs it with "
+        "each method and scores each against it. The DiT methods use the packaged 2D slice prior `ct-prior`, trained "
+        "on synthetic torso phantoms only: on anything else check them against the classical baselines.")
+    state = gr.State()
+    with gr.Row():
+        with gr.Column(scale=1):
+            upload = gr.File(label="NIfTI volume in HU (.nii / .nii.gz), used instead of the sample when given",
+                             file_types=[".nii", ".nii.gz"], type="filepath")
+            sample = gr.Dropdown(list(SAMPLES), value=next(iter(SAMPLES)), label="Sample volume")
+            task = gr.Radio(list(TASKS), value="sparse-view", label="Acquisition")
+            views = gr.Number(8, precision=0, label=f"CT views (2-{MAX_VIEWS}; limited-angle spans 0-90 deg)")
+            accel = gr.Number(4.0, label=f"MRI acceleration (1-{MAX_ACCEL:g})", visible=False)
+            noise = gr.Number(0.01, label="Noise (x the RMS measurement)")
+            methods = gr.CheckboxGroup([(label, m) for m, label in METHOD_LABELS.items()], value=["fbp", "tv", "dds"],
+                                       label="Methods (FBP and SIRT are CT only)")
+            tuned = rec.defaults("sparse-view")
+            runs = ", ".join(f"{t} {rec.defaults(t).samples}" for t in TASKS)
+            steps = gr.Slider(1, 100, value=tuned.steps * tuned.samples, step=1,
+                              label=f"DiT network evaluations (NFE; fewer is faster; split into averaged runs: {runs})")
+            seed = gr.Number(0, precision=0, label="Seed (sample phantom, noise, sampling)")
+            button = gr.Button("Reconstruct", variant="primary")
+        with gr.Column(scale=2):
+            window = gr.Dropdown(list(WINDOWS), value=next(iter(WINDOWS)), label="Display window (HU)")
+            images, sliders = [], []
+            for plane in PLANES:
+                images.append(gr.Image(label=f"{plane.capitalize()}: ground truth and each method", type="numpy",
+                                       format="png", interactive=False))
+                sliders.append(gr.Slider(0, 1, value=0, step=1, label=f"{plane.capitalize()} slice"))
+            metrics = gr.Dataframe(headers=COLUMNS, label="Metrics", interactive=False)
+            notes = gr.Markdown(label="Notes")
+            files = gr.File(label="Reconstructions (.nii.gz, the input's affine and orientation)",
+                            file_count="multiple", interactive=False)
+    task.change(lambda t: (gr.Number(visible=t != "mri"), gr.Number(visible=t == "mri")), task, [views, accel],
+                api_visibility="private")
+    button.click(run_reconstruction, [upload, sample, task, views, accel, noise, methods, steps, seed, window],
+                 [state, *images, *sliders, metrics, notes, files], api_name="reconstruct")
+    gr.on([s.input for s in sliders] + [window.input], render, [state, *sliders, window], images,
+          api_visibility="private", trigger_mode="always_last")
+
+
+PAGE = Page("Medical", "medical", build_page, order=10)
