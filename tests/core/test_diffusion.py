@@ -68,7 +68,8 @@ def test_samplers_are_seeded_and_guided(path, sampler):
     a = sample(m, path, (2, 1, 8, 8), generator=torch.Generator().manual_seed(3), guidance_scale=3.0, **kw)
     b = sample(m, path, (2, 1, 8, 8), generator=torch.Generator().manual_seed(3), guidance_scale=3.0, **kw)
     c = sample(m, path, (2, 1, 8, 8), generator=torch.Generator().manual_seed(3), guidance_scale=1.0, **kw)
-    assert torch.equal(a, b) and torch.isfinite(a).all()
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # seeded: the same draw (to rounding, on any CPU)
+    assert torch.isfinite(a).all()
     assert not torch.allclose(a, c)
 
 

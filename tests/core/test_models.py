@@ -118,7 +118,10 @@ def test_save_and_reload(tmp_path):
     m.save_pretrained(tmp_path)
     m2 = DiT.from_pretrained(tmp_path).eval()
     x = torch.randn(1, 1, 4, 4, 4)
-    assert torch.equal(m(x, 3.0), m2(x, 3.0))
+    # the same weights, but a separately built model: the math library may take another path (AMD vs Intel),
+    # so the outputs agree to rounding, not bit for bit
+    torch.testing.assert_close(m2(x, 3.0), m(x, 3.0), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True))
     assert m2.dit_config == m.dit_config
 
 

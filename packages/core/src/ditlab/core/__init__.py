@@ -1,4 +1,7 @@
-"""ditlab.core: DiT backbones, diffusion and flow-matching training and sampling, the trainer, the CLI root."""
+"""ditlab.core: DiT backbones, diffusion and flow-matching training and sampling, the trainer, the CLI root.
+
+    from ditlab.core import DiT, FlowMatching, sample
+"""
 
 import logging
 
@@ -14,3 +17,17 @@ for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.to
 torch.set_flush_denormal(True)
 
 __version__ = "0.1.0"
+
+_LAZY = {"DiT": "ditlab.core.models", "DiTConfig": "ditlab.core.models", "FlowMatching": "ditlab.core.diffusion",
+         "VPDiffusion": "ditlab.core.diffusion", "sample": "ditlab.core.diffusion",
+         "diffusion_loss": "ditlab.core.diffusion", "InputError": "ditlab.core.errors"}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    """The names users reach for first, imported on first use (so `import ditlab.core` stays light)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ditlab.core' has no attribute {name!r}")
