@@ -4,8 +4,11 @@ keep the CFG branches apart."""
 import pytest
 import torch
 
-from ditlab.core.accel import FORA, CachePolicy, DeltaDiT, FirstBlockCache, NoCache, TaylorSeer
+from ditlab.core import accel
+from ditlab.core.accel import FORA, CachePolicy, DeltaDiT, FirstBlockCache, NoCache, RegionAdaptive, TaylorSeer
 from ditlab.core.diffusion import FlowMatching, VPDiffusion, sample
+from ditlab.core.errors import InputError
+from ditlab.core.hooks import HookConflict
 from ditlab.core.models import DiT
 
 LABELS = {"class_labels": torch.tensor([0, 1])}
@@ -87,9 +90,11 @@ def test_model_is_restored_after_attach_and_after_errors():
     policy = FORA(interval=2)
     with policy.attach(m, total_calls=3):
         assert "run_blocks" in vars(m)
-        with pytest.raises(RuntimeError, match="already"):
+        with pytest.raises(HookConflict, match=r"'feature-cache' is already installed \(FORA\(interval=2"):
             with FORA().attach(m, 1):
                 pass
+        with pytest.raises(HookConflict, match="already attached"):
+            policy.attach(m, 3)
         assert torch.equal(m(x, 500.0), ref)
     assert "run_blocks" not in vars(m)
     with pytest.raises(KeyError):
@@ -188,3 +193,26 @@ def test_invalid_attach_and_cache_arguments():
     with pytest.raises(TypeError, match="cache must be a CachePolicy"):
         draw(m, cache="fora")
     assert "run_blocks" not in vars(m)
+
+
+def test_named_policies_carry_the_tuned_settings_and_take_overrides():
+    assert set(accel.POLICIES) >= {"none", "fora", "taylorseer", "delta-dit", "first-block", "ras"}
+    assert all(isinstance(accel.policy(name), CachePolicy) for name in accel.POLICIES)
+    assert repr(accel.policy("taylorseer")) == repr(TaylorSeer(interval=4, order=2))
+    assert isinstance(accel.policy("none"), NoCache)
+    ras = accel.policy("ras", cooldown=0)
+    assert isinstance(ras, RegionAdaptive) and ras.ratio == 0.4 and ras.cooldown == 0
+    assert accel.policy("taylorseer") is not accel.policy("taylorseer")  # a fresh instance each time: one per model
+    m = tiny(smooth=True)
+    out, fast = draw(m, accel.policy("taylorseer")), accel.policy("taylorseer")
+    assert torch.equal(draw(m, fast), out) and fast.stats["full_calls"] < fast.stats["calls"]
+
+
+@pytest.mark.parametrize("name, kw, match", [
+    ("taylor", {}, r"unknown cache policy 'taylor'; expected one of \['none', 'fora', 'taylorseer'"),
+    ("fora", {"order": 2}, r"policy 'fora' \(FORA\) has no setting \['order'\]; its settings: \['interval'"),
+    ("fora", {"interval": 0}, "interval must be an integer >= 1"),
+])
+def test_named_policy_errors_name_what_is_expected(name, kw, match):
+    with pytest.raises(InputError, match=match):
+        accel.policy(name, **kw)

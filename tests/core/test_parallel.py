@@ -10,7 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ditlab.core.accel import FORA
 from ditlab.core.diffusion import FlowMatching, sample
+from ditlab.core.hooks import HookConflict
 from ditlab.core.models import DiT
 from ditlab.core.parallel import init_from_env, run_distributed, sample_cfg_parallel, sequence_parallel
 
@@ -75,10 +77,12 @@ def _checks() -> dict:
         m(torch.randn(1, 2, 6, 6), 0.5)
     with pytest.raises(RuntimeError) as grad, sequence_parallel(m):
         m(torch.randn(1, 2, 8, 8), 0.5)
-    with pytest.raises(RuntimeError) as nested, sequence_parallel(m), sequence_parallel(m):
+    with pytest.raises(HookConflict) as nested, sequence_parallel(m), sequence_parallel(m):
+        pass
+    with pytest.raises(HookConflict) as cached, sequence_parallel(m), FORA().attach(m, 4):
         pass
     res["errors"] = {"heads": str(heads.value), "tokens": str(tokens.value), "grad": str(grad.value),
-                     "nested": str(nested.value)}
+                     "nested": str(nested.value), "cached": str(cached.value)}
     res["rank"] = dist.get_rank()
     return res
 
@@ -113,7 +117,8 @@ def test_bad_configs_raise_naming_the_numbers(ranks):
     assert "num_heads=3" in errors["heads"] and "2 ranks" in errors["heads"]
     assert "9 tokens" in errors["tokens"] and "2 ranks" in errors["tokens"]
     assert "inference only" in errors["grad"]
-    assert "already replaced" in errors["nested"]
+    assert "'sequence-parallel' is already installed (SequenceParallel(world=2, rank=0))" in errors["nested"]
+    assert "'feature-cache' cannot be combined with the installed hook 'sequence-parallel'" in errors["cached"]
 
 
 def _rank_and_world() -> tuple[int, int]:

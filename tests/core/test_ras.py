@@ -143,7 +143,7 @@ def test_forecast_extrapolates_skipped_tokens_linearly():
     with policy.attach(m, total_calls=3):
         a, b = m(x, t, **LABELS), m(x + 0.1, t, **LABELS)
         c = m(x + 0.2, t, **LABELS)
-        active = policy._active
+        active = policy.state().active
     tokens = torch.zeros(2, (16 // 2) ** 2, 4 * m.cfg.output_channels)
     tokens.scatter_(1, active[..., None].expand(-1, -1, tokens.shape[-1]), 1.0)
     computed = m.x_embedder.unpatchify(tokens, (8, 8), m.cfg.output_channels).bool()
@@ -181,5 +181,5 @@ def test_key_value_forecast_is_exact_for_an_unchanged_input():
         dense = m(x, t, **LABELS)
         m(x, t, **LABELS)
         sparse = m(x, t, **LABELS)
-        assert policy._kv_slope[0] is not None and policy.stats["full_calls"] == 2
+        assert policy.state().kv_slope[0] is not None and policy.stats["full_calls"] == 2
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)

@@ -32,23 +32,24 @@ attention too (ratio x T queries against T keys); `nfe_equivalent()` sums comput
 calls. Memory: K and V of every block for the whole batch (2 x depth x B x T x hidden_size values; twice
 that with forecast=2).
 RAS runs each block with a key/value hook (`DiTBlock.forward(..., kv=...)`) that completes the keys and
-values from its cache; the changing token subsets make `compile_blocks` recompile, so leave it off; inference
-only (caches are updated in place).
+values from its cache, and wraps `final_layer.forward` as well as `run_blocks` (one hook, "feature-cache");
+its state is kept per context like every cache's. The changing token subsets make `compile_blocks`
+recompile, so leave it off; inference only (caches are updated in place).
 
     with RegionAdaptive(ratio=0.5).attach(model, total_calls=50): ...   # or sample(..., cache=...)
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from ditlab.core.accel.cache import CachePolicy, _Call, _check_int
+from ditlab.core import hooks
+from ditlab.core.accel.cache import CachePolicy, CacheState, Call, check_int
+from ditlab.core.errors import InputError
 
 
 def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -86,149 +87,151 @@ class RegionAdaptive(CachePolicy):
                  forecast: int = 2, metric: str = "std", cooldown: int = 2):
         super().__init__()
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
-            raise ValueError(f"ratio must lie in (0, 1] (the fraction of tokens recomputed per call), got {ratio!r}")
+            raise InputError(f"ratio must lie in (0, 1] (the fraction of tokens recomputed per call), got {ratio!r}")
         if isinstance(starvation, bool) or not isinstance(starvation, int | float) or not starvation >= 0:
-            raise ValueError(f"starvation must be a number >= 0, got {starvation!r}")
+            raise InputError(f"starvation must be a number >= 0, got {starvation!r}")
         if isinstance(forecast, bool) or forecast not in (0, 1, 2):
-            raise ValueError(f"forecast must be 0 (reuse a skipped token's last output), 1 (extrapolate it "
+            raise InputError(f"forecast must be 0 (reuse a skipped token's last output), 1 (extrapolate it "
                              f"linearly from its last two) or 2 (its keys and values too), got {forecast!r}")
         if metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+            raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
         self.ratio, self.starvation = float(ratio), float(starvation)
-        self.warmup = _check_int("warmup", warmup, 0)
-        self.dense_every = _check_int("dense_every", dense_every, 0)
-        self.cooldown = _check_int("cooldown", cooldown, 0)
+        self.warmup = check_int("warmup", warmup, 0)
+        self.dense_every = check_int("dense_every", dense_every, 0)
+        self.cooldown = check_int("cooldown", cooldown, 0)
         self.forecast, self.metric = forecast, metric
 
-    def attach(self, model: nn.Module, total_calls: int) -> contextlib.AbstractContextManager:
-        """Like every cache policy, plus `model.final_layer.forward`, which RAS overrides as well."""
+    def prepare(self, model: nn.Module) -> None:
         cfg = getattr(model, "cfg", None)
         kind = getattr(cfg, "token_kind", None)
         if kind not in ("2d", "3d"):
-            raise ValueError(f"region-adaptive sampling needs a 2d or 3d token model (image or volume patches), "
+            raise InputError(f"region-adaptive sampling needs a 2d or 3d token model (image or volume patches), "
                              f"got token_kind {kind!r}")
         windowed = [i for i, block in enumerate(model.blocks) if block.window is not None]
         if windowed:
-            raise ValueError(f"region-adaptive sampling cannot use window attention (blocks {windowed} attend in "
+            raise InputError(f"region-adaptive sampling cannot use window attention (blocks {windowed} attend in "
                              f"windows of {cfg.window} tokens, which need all their tokens); use global attention")
-        if "forward" in vars(model.final_layer):
-            raise RuntimeError("this model already has its final_layer.forward replaced; detach that first")
-        return super().attach(model, total_calls)
-
-    @contextlib.contextmanager
-    def _attach(self, model: nn.Module, blocks: nn.ModuleList, total_calls: int) -> Iterator[None]:
-        cfg, final = model.cfg, model.final_layer
         self._channels = cfg.output_channels
         self._pred_channels = cfg.output_channels // 2 if cfg.learn_sigma else cfg.output_channels
-        with super()._attach(model, blocks, total_calls):
-            self.stats.update(tokens_computed=0, tokens_total=0, token_fraction=0.0, max_skipped=0)
-            final.forward = self._final_layer(final.forward)
-            try:
-                yield
-            finally:
-                del final.forward
 
-    def reset(self) -> None:
-        self._kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # per block, all tokens
-        self._kv_slope: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.depth  # forecast=2
-        self._out: torch.Tensor | None = None  # (B, T, prod(patch) * C_out), the final layer's last output
-        self._skipped: torch.Tensor | None = None  # (B, T) consecutive calls each token was not computed
-        self._active: torch.Tensor | None = None  # (B, k) tokens computed by the current call; None: all
-        self._out_slope: torch.Tensor | None = None  # like _out: each token's output change per call between
-        #                                              its last two computations
-        self._at: torch.Tensor | None = None  # (B, T) call index of each token's last computation
-        self._age: torch.Tensor | None = None  # (B, T) sparse call: calls since each token's last computation
-        self._index = 0
+    def patches(self, model: nn.Module) -> list[hooks.Patch]:
+        """The trunk, like every cache policy, and the final layer, whose output RAS completes."""
+        return [*super().patches(model), hooks.wrap(model.final_layer, "forward", self._final_layer)]
 
-    def _dense(self, index: int, active: int, total: int) -> bool:
+    def new_state(self) -> CacheState:
+        state = super().new_state()
+        state.stats.update(tokens_computed=0, tokens_total=0, token_fraction=0.0, max_skipped=0)
+        return state
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The common counters plus tokens_computed, tokens_total, token_fraction and max_skipped, over all
+        contexts."""
+        stats = super().stats
+        stats["token_fraction"] = stats["tokens_computed"] / stats["tokens_total"] if stats["tokens_total"] else 0.0
+        stats["max_skipped"] = max((s.stats["max_skipped"] for s in self.states.values()), default=0)
+        return stats
+
+    def reset(self, state: CacheState) -> None:
+        state.kv = [None] * self.depth  # per block, (K, V) of all tokens
+        state.kv_slope = [None] * self.depth  # forecast=2: per block, their change per call
+        state.out = None  # (B, T, prod(patch) * C_out), the final layer's last output
+        state.out_slope = None  # like out: each token's output change per call between its last two computations
+        state.skipped = None  # (B, T) consecutive calls each token was not computed
+        state.active = None  # (B, k) tokens computed by the current call; None: all
+        state.at = None  # (B, T) call index of each token's last computation
+        state.age = None  # (B, T) sparse call: calls since each token's last computation
+        state.index = 0  # the current call's index
+
+    def _dense(self, state: CacheState, index: int, active: int, total: int) -> bool:
         after = index - self.warmup
-        return (self._out is None or active == total or after < 0 or index >= self.total_calls - self.cooldown
+        return (state.out is None or active == total or after < 0 or index >= self.total_calls - self.cooldown
                 or (self.dense_every > 0 and (after + 1) % self.dense_every == 0))
 
-    def _select(self, active: int) -> torch.Tensor:
+    def _select(self, state: CacheState, active: int) -> torch.Tensor:
         """Per batch row, the `active` tokens of highest focus score, in token order: (B, k)."""
-        pred = self._out.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
-        if self.metric == "change" and self._out_slope is not None:
-            slope = self._out_slope.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
+        pred = state.out.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
+        if self.metric == "change" and state.out_slope is not None:
+            slope = state.out_slope.unflatten(-1, (-1, self._channels))[..., : self._pred_channels]
             focus = slope.flatten(2).float().abs().mean(dim=-1)  # change per call
         else:
             focus = pred.flatten(2).float().std(dim=-1)  # (B, T)
-        score = focus.clamp_min(1e-12).log() + self.starvation * self._skipped
+        score = focus.clamp_min(1e-12).log() + self.starvation * state.skipped
         return score.topk(active, dim=1).indices.sort(dim=1).values
 
-    def step(self, call: _Call, tokens: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+    def step(self, state: CacheState, call: Call, tokens: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
         b, total, _ = tokens.shape
         active = max(1, math.ceil(self.ratio * total - 1e-9))
         rope = call.rope
-        self._index = call.index
-        if self._dense(call.index, active, total):
-            active, self._active = total, None
-            self._skipped = torch.zeros(b, total, dtype=torch.long, device=tokens.device)
+        state.index = call.index
+        if self._dense(state, call.index, active, total):
+            active, state.active = total, None
+            state.skipped = torch.zeros(b, total, dtype=torch.long, device=tokens.device)
         else:
-            idx = self._active = self._select(active)
+            idx = state.active = self._select(state, active)
             tokens = _gather_tokens(tokens, idx)
             if rope is not None:
                 rope = tuple(r[idx] for r in rope)  # (B, k, Dh/2)
-            self._skipped += 1
-            self._skipped.scatter_(1, idx, 0)
-            self._age = (call.index - self._at).float()  # the same for every block and the final layer
+            state.skipped += 1
+            state.skipped.scatter_(1, idx, 0)
+            state.age = (call.index - state.at).float()  # the same for every block and the final layer
         for i, block in enumerate(call.blocks):
-            kv = functools.partial(self._keys_values, i)
+            kv = functools.partial(self._keys_values, state, i)
             tokens, ctx = block(tokens, call.c, rope, call.grid, call.key_mask, ctx, call.c, kv=kv)
         call.computed = self.depth * active / total
-        stats = self.stats
+        stats = state.stats
         stats["tokens_computed"] += b * active
         stats["tokens_total"] += b * total
         stats["token_fraction"] = stats["tokens_computed"] / stats["tokens_total"]
-        stats["max_skipped"] = max(stats["max_skipped"], int(self._skipped.max()))
+        stats["max_skipped"] = max(stats["max_skipped"], int(state.skipped.max()))
         return tokens
 
-    def _advance(self, cache: torch.Tensor, slope: torch.Tensor | None, new: torch.Tensor,
+    @staticmethod
+    def _advance(state: CacheState, cache: torch.Tensor, slope: torch.Tensor | None, new: torch.Tensor,
                  dim: int) -> torch.Tensor:
         """A sparse call's update of a per-token cache (tokens along `dim`), in place: the computed tokens get
         their new values and, with a slope, their new change per call. Returns every token's value now: the
         new one where computed, else the cached one extrapolated along its slope (without one, the cache)."""
-        idx = _per_token(self._active, dim, new.ndim).expand(new.shape)
+        idx = _per_token(state.active, dim, new.ndim).expand(new.shape)
         new = new.to(cache.dtype)
         if slope is None:
             cache.scatter_(dim, idx, new)
             return cache
-        now = torch.addcmul(cache, slope, _per_token(self._age.to(cache.dtype), dim, cache.ndim))
+        now = torch.addcmul(cache, slope, _per_token(state.age.to(cache.dtype), dim, cache.ndim))
         now.scatter_(dim, idx, new)
-        slope.scatter_(dim, idx, _slope(new, cache.gather(dim, idx), self._age.gather(1, self._active), dim))
+        slope.scatter_(dim, idx, _slope(new, cache.gather(dim, idx), state.age.gather(1, state.active), dim))
         cache.scatter_(dim, idx, new)
         return now
 
-    def _keys_values(self, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _keys_values(self, state: CacheState, i: int, k: torch.Tensor,
+                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come; with `forecast=2` also
         their change per call since each token's previous computation. Sparse call: `_advance` the cache
         (with `forecast=2` the skipped tokens' rows are extrapolated) and return all tokens' K and V."""
-        if self._active is None:
+        if state.active is None:
             k, v = k.contiguous(), v.contiguous()
-            if self.forecast == 2 and self._at is not None:
-                calls = self._index - self._at
-                self._kv_slope[i] = tuple(_slope(a, b, calls, 2) for a, b in zip((k, v), self._kv[i], strict=True))
-            self._kv[i] = k, v
+            if self.forecast == 2 and state.at is not None:
+                calls = state.index - state.at
+                state.kv_slope[i] = tuple(_slope(a, b, calls, 2) for a, b in zip((k, v), state.kv[i], strict=True))
+            state.kv[i] = k, v
             return k, v
-        slopes = (self._kv_slope[i] if self.forecast == 2 else None) or (None, None)
-        k, v = (self._advance(cache, slope, new, 2) for cache, slope, new in zip(self._kv[i], slopes, (k, v),
-                                                                                 strict=True))
+        slopes = (state.kv_slope[i] if self.forecast == 2 else None) or (None, None)
+        k, v = (self._advance(state, cache, slope, new, 2)
+                for cache, slope, new in zip(state.kv[i], slopes, (k, v), strict=True))
         return k, v
 
-    def _final_layer(self, forward):
-        """Wrap the final layer: the active tokens' output goes into the cached output of all tokens (with a
-        forecast, the skipped ones are extrapolated). The caller gets its own tensor: the cache changes in place."""
-
-        def final_layer(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-            out, n = forward(x, c), self._index
-            if self._active is None:
-                if self._out is not None and self._out.shape == out.shape:
-                    self._out_slope = _slope(out, self._out, n - self._at, 1)
-                self._out, self._at = out.clone(), torch.full(out.shape[:2], n, dtype=torch.long, device=out.device)
-                return out
-            slope = self._out_slope
-            now = self._advance(self._out, slope, out, 1)
-            self._at.scatter_(1, self._active, n)
-            return now if self.forecast and slope is not None else self._out.clone()
-
-        return final_layer
+    def _final_layer(self, forward, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """In place of the final layer: the active tokens' output goes into the cached output of all tokens
+        (with a forecast, the skipped ones are extrapolated). The caller gets its own tensor: the cache changes
+        in place."""
+        state = self.state()
+        out, n = forward(x, c), state.index
+        if state.active is None:
+            if state.out is not None and state.out.shape == out.shape:
+                state.out_slope = _slope(out, state.out, n - state.at, 1)
+            state.out, state.at = out.clone(), torch.full(out.shape[:2], n, dtype=torch.long, device=out.device)
+            return out
+        slope = state.out_slope
+        now = self._advance(state, state.out, slope, out, 1)
+        state.at.scatter_(1, state.active, n)
+        return now if self.forecast and slope is not None else state.out.clone()

@@ -151,14 +151,15 @@ def sample(
     the CPU, so a seed gives the same samples on any device). `guidance_scale` != 1 turns on
     classifier-free guidance; for class-conditional models the null class is the default unconditional
     input, otherwise pass `uncond_kwargs`. `cache` (a `ditlab.core.accel` policy) reuses transformer
-    features across the model calls of this run."""
+    features across the model calls of this run: attached for this run's number of model calls (one batched
+    call per evaluation, guided or not), in the caller's current hook context (`ditlab.core.hooks.context`)."""
     from ditlab.core.accel.cache import CachePolicy  # here, so that accel may build on the samplers
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if cache is not None and not isinstance(cache, CachePolicy):
-        raise TypeError(f"cache must be a CachePolicy (NoCache, FORA, DeltaDiT, TaylorSeer, FirstBlockCache) "
-                        f"or None, got {type(cache).__name__}")
+        raise TypeError(f"cache must be a CachePolicy (NoCache, FORA, DeltaDiT, TaylorSeer, FirstBlockCache, "
+                        f"RegionAdaptive; by name: ditlab.core.accel.policy) or None, got {type(cache).__name__}")
     is_flow = isinstance(path, FlowMatching)
     sampler = sampler or ("euler" if is_flow else "ddim")
     valid = FLOW_SAMPLERS if is_flow else VP_SAMPLERS

@@ -529,7 +529,8 @@ class DiT(ModelMixin, ConfigMixin):
         return self.x_embedder.unpatchify(out, grid, cfg.output_channels)
 
     def run_blocks(self, tokens, c, rope=None, grid=(), key_mask=None, ctx=None) -> torch.Tensor:
-        """The transformer trunk: tokens (B, T, D) -> (B, T, D). Feature caches replace this per instance."""
+        """The transformer trunk: tokens (B, T, D) -> (B, T, D). Hooks (`ditlab.core.hooks`: feature caches,
+        sequence parallelism) wrap it per instance."""
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens, ctx = self._gradient_checkpointing_func(block, tokens, c, rope, grid, key_mask, ctx, c)
