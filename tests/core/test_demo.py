@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ditlab.core import demo
+from ditlab.core import demo, weights
 from ditlab.core.weights import packaged_root, recorded_digests, sha256_file
 
 
@@ -26,6 +26,21 @@ def test_shipped_demo_weights_are_recorded_and_load():
 def test_sample_demo_rejects_bad_classes():
     with pytest.raises(ValueError, match="class indices must lie in"):
         demo.sample_demo(demo.demo_model(), classes=[7], steps=1)
+
+
+def test_train_demo_packages_its_weights_card_and_sha256_line(tmp_path, monkeypatch):
+    """The wiring of recipe, trainer, card and package(), in 2 steps (the classifier is skipped: slow)."""
+    monkeypatch.setattr(weights, "packaged_root", lambda package="ditlab.core": tmp_path / package)
+    monkeypatch.setattr(demo, "train_classifier", lambda: None)
+    monkeypatch.setattr(demo, "evaluate", lambda model, clf=None: 0.5)
+    result = demo.train_demo(steps=2, seed=3, progress=False)
+    folder = tmp_path / "ditlab.core" / demo.WEIGHTS_NAME
+    assert result["folder"] == str(folder) and result["sha256"] == sha256_file(folder / "model.safetensors")
+    sums = (tmp_path / "ditlab.core" / "SHA256SUMS").read_text()
+    assert sums == f"{result['sha256']}  demo-shapes/model.safetensors\n"
+    card = (folder / "README.md").read_text()
+    assert "2 AdamW steps, batch 64,\nlr 0.0005, 100 warm-up steps, grad clip 1.0, EMA 0.995" in card
+    assert "seed 3" in card and "(Euler, 25 steps, CFG 2.0)" in card
 
 
 @pytest.mark.slow

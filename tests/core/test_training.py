@@ -1,14 +1,28 @@
 """Fast tests of ditlab.core.training on a tiny seeded regression problem (CPU, fp32 unless said)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ditlab.core.training import EMA, TrainConfig, Trainer, load_checkpoint
+from ditlab.core.errors import FileFormatError, UsageError
+from ditlab.core.training import (
+    EMA,
+    Recipe,
+    TrainConfig,
+    Trainer,
+    export_resume,
+    import_resume,
+    load_checkpoint,
+    resume_path,
+    training_dir,
+)
+from ditlab.core.training.resume import TRAINING_DIR_ENV
 
 W_TRUE = torch.tensor([[1.0, -2.0], [0.5, 0.0], [0.0, 1.5], [-1.0, 1.0]])
 
@@ -165,3 +179,110 @@ def test_resume_from_weights_only_checkpoint(tmp_path):
     with pytest.warns(UserWarning, match="AdamW moments restart"):
         trainer = Trainer(tiny_mlp(seed=1), mse, synthetic, config(steps=6, output_dir=str(tmp_path)))
     assert trainer.step == 4 and trainer.train()["step"] == 6
+
+
+def test_recipe_is_the_one_mapping_to_train_config(tmp_path):
+    recipe = Recipe(batch=8, lr=2e-3, warmup=5, weight_decay=0.01, grad_clip=None, ema_decay=0.9, seed=3,
+                    precision="bf16", checkpoint_every=4, log_every=2)
+    cfg = recipe.train_config(tmp_path, steps=12, progress=False)
+    assert (cfg.steps, cfg.lr, cfg.warmup_steps, cfg.weight_decay, cfg.grad_clip, cfg.ema_decay) == (
+        12, 2e-3, 5, 0.01, None, 0.9)
+    assert (cfg.seed, cfg.mixed_precision, cfg.checkpoint_every, cfg.log_every) == (3, "bf16", 4, 2)
+    assert cfg.output_dir == str(tmp_path) and cfg.progress is False
+    assert recipe.train_config(None, steps=1).output_dir is None
+    assert replace(recipe, steps=7).train_config(None).steps == 7
+    assert recipe.to_dict() == {"batch": 8, "lr": 2e-3, "steps": None, "warmup": 5, "weight_decay": 0.01,
+                                "grad_clip": None, "ema_decay": 0.9, "seed": 3, "precision": "bf16",
+                                "checkpoint_every": 4, "log_every": 2}
+
+
+def test_recipe_errors_name_the_field():
+    recipe = Recipe(batch=8, lr=1e-3)
+    with pytest.raises(UsageError, match="no steps: pass steps="):
+        recipe.train_config(None)
+    with pytest.raises(UsageError, match=r"unknown TrainConfig fields \['warmup'\].*dataclasses.replace"):
+        recipe.train_config(None, steps=3, warmup=10)
+    with pytest.raises(UsageError, match="TrainConfig.mixed_precision"):
+        replace(recipe, precision="fp16").train_config(None, steps=3)
+    with pytest.raises(UsageError, match="Recipe.batch must be >= 1"):
+        Recipe(batch=0, lr=1e-3)
+
+
+@pytest.mark.parametrize("ema_decay", [0.9, 0.0])
+def test_exported_resume_file_lets_a_trainer_continue(tmp_path, ema_decay):
+    first = Trainer(tiny_mlp(), mse, synthetic, config(steps=6, ema_decay=ema_decay, output_dir=str(tmp_path / "a")))
+    first.train()
+    file = export_resume(tmp_path / "a" / "checkpoint", tmp_path / "packed" / "mlp.resume.safetensors")
+    assert file == tmp_path / "packed" / "mlp.resume.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        parts = {key.split(".")[0] for key in f.keys()}
+        assert {f.get_tensor(key).dtype for key in f.keys()} == {torch.float16}
+        assert json.loads(f.metadata()["state"])["step"] == 6
+    assert parts == ({"model", "ema"} if ema_decay else {"model"})  # no optimizer moments
+
+    folder = import_resume(file, tmp_path / "b" / "checkpoint")
+    assert folder == tmp_path / "b" / "checkpoint"
+    assert json.loads((folder / "state.json").read_text())["checkpoint_dtype"] == "float32"
+    with pytest.warns(UserWarning, match="AdamW moments restart"):
+        resumed = Trainer(tiny_mlp(seed=1), mse, synthetic,
+                          config(steps=10, ema_decay=ema_decay, output_dir=str(tmp_path / "b")))
+    assert resumed.step == 6
+    assert resumed.scheduler.last_epoch == first.scheduler.last_epoch
+    assert_same_weights(first.accelerator.unwrap_model(first.model), resumed.accelerator.unwrap_model(resumed.model),
+                        atol=2e-3)  # float16 rounding
+    assert_same_weights(first.ema_model, resumed.ema_model, atol=2e-3)
+    assert resumed.train()["step"] == 10
+    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["step"] == 10
+
+
+def test_import_resume_keeps_a_checkpoint_as_far_along_and_replaces_an_older_one(tmp_path):
+    Trainer(tiny_mlp(), mse, synthetic, config(steps=4, output_dir=str(tmp_path / "run"))).train()
+    file = export_resume(tmp_path / "run" / "checkpoint", tmp_path / "m.resume.safetensors")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoint").iterdir()}
+    assert import_resume(file, tmp_path / "run" / "checkpoint") is None
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoint").iterdir()} == before
+
+    Trainer(tiny_mlp(), mse, synthetic, config(steps=2, output_dir=str(tmp_path / "old"))).train()
+    assert import_resume(file, tmp_path / "old" / "checkpoint") == tmp_path / "old" / "checkpoint"
+    assert json.loads((tmp_path / "old" / "checkpoint" / "state.json").read_text())["step"] == 4
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["checkpoint", "train_log.jsonl"]
+
+
+def test_resume_files_that_are_missing_or_foreign_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trainer checkpoint"):
+        export_resume(tmp_path / "checkpoint", tmp_path / "m.resume.safetensors")
+    assert not (tmp_path / "m.resume.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="resume file not found"):
+        import_resume(tmp_path / "m.resume.safetensors", tmp_path / "checkpoint")
+    save_file(tiny_mlp().state_dict(), str(tmp_path / "weights.safetensors"))  # a weights file, not a resume file
+    with pytest.raises(FileFormatError, match=r"holds the tensor '0\.(weight|bias)'; expected a resume file"):
+        import_resume(tmp_path / "weights.safetensors", tmp_path / "checkpoint")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(FileFormatError, match="not a readable safetensors"):
+        import_resume(tmp_path / "junk.safetensors", tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_training_dir_is_found_from_the_working_directory_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(TRAINING_DIR_ENV, raising=False)
+    repo = tmp_path / "repo"
+    (repo / "training").mkdir(parents=True)
+    (repo / "packages" / "medical").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text("")
+    (repo / "packages" / "medical" / "pyproject.toml").write_text("")  # a package: no training/ of its own
+    monkeypatch.chdir(repo / "packages" / "medical")
+    assert training_dir() == repo.resolve() / "training"
+    assert resume_path("ct-prior") == repo.resolve() / "training" / "ct-prior.resume.safetensors"
+    with pytest.raises(ValueError, match="plain name"):
+        resume_path("../ct-prior")
+
+    monkeypatch.setenv(TRAINING_DIR_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(UsageError, match="not a folder"):
+        training_dir()
+    (tmp_path / "elsewhere").mkdir()
+    assert training_dir() == tmp_path / "elsewhere"
+
+    monkeypatch.delenv(TRAINING_DIR_ENV)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=f"no training/ folder .* set \\${TRAINING_DIR_ENV}"):
+        training_dir()

@@ -1,30 +1,36 @@
 """The prior's training recipe: data that is a function of the step, and the resume file between machines."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from safetensors import safe_open
-from safetensors.torch import load_file
 
-from ditlab.core.training import TrainConfig, Trainer, load_checkpoint
+import ditlab.medical
+from ditlab.core.errors import UsageError
+from ditlab.core.training import Trainer, import_resume, load_checkpoint, resume_path
+from ditlab.core.training.resume import TRAINING_DIR_ENV
 from ditlab.medical.data import make_phantom
-from ditlab.medical.models import TILE, prior_model
+from ditlab.medical.models import PRIOR_NAME, TILE, prior_model
 from ditlab.medical.operators import hu_to_unit
 from ditlab.medical.train import (
     POOL,
     QUICK_SEED,
+    RECIPE,
     REFRESH,
     SLIDE,
     TRAIN_SEED,
     SliceData,
-    export_resume,
-    import_resume,
+    export_prior_resume,
     prior_loss,
+    train_prior,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 FULL, QUICK = (80, 80, 8), (64, 64, 8)  # a full slice is larger than a crop, a quick one is exactly one
 
 
@@ -86,57 +92,52 @@ def test_the_seed_pool_slides_and_never_meets_validation_or_test_seeds():
 
 def train_tiny(out_dir, steps: int = 2) -> Trainer:
     torch.manual_seed(0)
-    cfg = TrainConfig(steps=steps, lr=1e-3, ema_decay=0.9, mixed_precision="no", output_dir=str(out_dir),
-                      progress=False)
+    cfg = replace(RECIPE, lr=1e-3, ema_decay=0.9, precision="no").train_config(out_dir, steps=steps, progress=False)
     trainer = Trainer(prior_model(hidden=32, depth=1, heads=1), prior_loss, tiny_data(batch=2), cfg)
     trainer.train()
     return trainer
 
 
-def test_export_and_import_resume_round_trip(tmp_path):
+def test_the_recipe_trains_with_the_shipped_settings():
+    cfg = RECIPE.train_config("run", steps=100)
+    assert (cfg.lr, cfg.warmup_steps, cfg.ema_decay, cfg.grad_clip, cfg.mixed_precision) == (3e-4, 200, 0.999, 1.0,
+                                                                                               "bf16")
+    assert (cfg.checkpoint_every, cfg.log_every, cfg.output_dir, RECIPE.batch) == (100, 25, "run", 32)
+
+
+def test_export_prior_resume_writes_the_training_folders_file(tmp_path, monkeypatch):
     train_tiny(tmp_path / "run")
-    checkpoint = tmp_path / "run" / "checkpoint"
-    file = export_resume(tmp_path / "run", tmp_path / "packed" / "ct-prior.resume.safetensors")
-    assert file == tmp_path / "packed" / "ct-prior.resume.safetensors"
-
-    originals = {part: load_file(checkpoint / f"{part}.safetensors") for part in ("model", "ema")}
+    (tmp_path / "training").mkdir()
+    monkeypatch.setenv(TRAINING_DIR_ENV, str(tmp_path / "training"))
+    file = export_prior_resume(tmp_path / "run")
+    assert file == tmp_path / "training" / "ct-prior.resume.safetensors"
     with safe_open(str(file), framework="pt") as f:
-        keys = set(f.keys())
-        state = json.loads(f.metadata()["state"])
-        assert all(f.get_tensor(k).dtype == torch.float16 for k in keys)
-    assert keys == {f"{part}.{k}" for part, tensors in originals.items() for k in tensors}
-    assert state == json.loads((checkpoint / "state.json").read_text()) and state["step"] == 2
+        assert json.loads(f.metadata()["state"])["step"] == 2
+    assert export_prior_resume(tmp_path / "run", tmp_path / "other.safetensors") == tmp_path / "other.safetensors"
 
-    folder = import_resume(file, tmp_path / "next")
-    assert folder == tmp_path / "next" / "checkpoint"
-    assert json.loads((folder / "state.json").read_text())["checkpoint_dtype"] == "float32"
-    for part, ema in (("model", False), ("ema", True)):
-        model = prior_model(hidden=32, depth=1, heads=1)
-        assert load_checkpoint(folder, model, ema=ema)["step"] == 2
-        for name, value in model.state_dict().items():
-            assert value.dtype == torch.float32
-            assert torch.equal(value, originals[part][name].half().float()), (part, name)
-        assert any(not torch.equal(v, originals[part][k]) for k, v in model.state_dict().items())  # fp16 rounding
 
+def test_the_committed_resume_file_is_found_from_the_checkout_and_resumes_the_prior(tmp_path, monkeypatch):
+    monkeypatch.delenv(TRAINING_DIR_ENV, raising=False)
+    monkeypatch.chdir(REPO / "packages" / "medical")  # a package folder, with a pyproject.toml of its own
+    file = resume_path(PRIOR_NAME)
+    assert file == REPO / "training" / "ct-prior.resume.safetensors"
+    assert REPO / "packages" not in file.parents  # in no package, so in no wheel
+    assert Path(ditlab.medical.__file__).parent not in file.parents
+    if not file.is_file():
+        pytest.skip("ct-prior's training is finished: its resume file is deleted")
+
+    folder = import_resume(file, tmp_path / "run" / "checkpoint")
+    step = load_checkpoint(folder, prior_model())["step"]
     with pytest.warns(UserWarning, match="AdamW moments restart"):
-        resumed = Trainer(prior_model(hidden=32, depth=1, heads=1), prior_loss, tiny_data(batch=2),
-                          TrainConfig(steps=3, mixed_precision="no", output_dir=str(tmp_path / "next"),
-                                      progress=False))
-    assert resumed.step == 2
+        trainer = Trainer(prior_model(), prior_loss, SliceData(), RECIPE.train_config(tmp_path / "run", steps=step + 1))
+    assert step > 0 and trainer.step == step
 
 
-def test_import_resume_leaves_an_existing_checkpoint_and_a_missing_file_alone(tmp_path):
-    train_tiny(tmp_path / "run", steps=1)
-    file = export_resume(tmp_path / "run", tmp_path / "resume.safetensors")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoint").iterdir()}
-
-    assert import_resume(file, tmp_path / "run") is None
-    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoint").iterdir()} == before
-    assert import_resume(tmp_path / "missing.safetensors", tmp_path / "fresh") is None
-    assert not (tmp_path / "fresh").exists()
-
-
-def test_export_resume_without_a_checkpoint_raises(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint to export"):
-        export_resume(tmp_path, tmp_path / "resume.safetensors")
-    assert not (tmp_path / "resume.safetensors").exists()
+def test_train_prior_outside_a_checkout_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv(TRAINING_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=f"no training/ folder .*{TRAINING_DIR_ENV}"):
+        train_prior(tmp_path / "run", steps=1)
+    with pytest.raises(FileNotFoundError, match="resume file not found"):
+        train_prior(tmp_path / "run", steps=1, resume_file=tmp_path / "missing.resume.safetensors")
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,16 @@ import torch
 from torch import nn
 
 from ditlab.core.diffusion import FlowMatching, diffusion_loss, sample
+from ditlab.core.files import atomic_write
 from ditlab.core.models import DiT
-from ditlab.core.weights import load_model, packaged_root, save_model
+from ditlab.core.training import Recipe
+from ditlab.core.weights import load_model, package, save_model
 
 CLASSES = ("disc", "square", "triangle", "cross")
 SIZE = 16
 WEIGHTS_NAME = "demo-shapes"
-RECIPE = {"steps": 2400, "batch": 64, "lr": 5e-4, "warmup": 100, "ema_decay": 0.995,
-          "sampler": "euler", "sample_steps": 25, "guidance": 2.0}
+RECIPE = Recipe(steps=2400, batch=64, lr=5e-4, warmup=100, ema_decay=0.995)
+SAMPLER, SAMPLE_STEPS, GUIDANCE = "euler", 25, 2.0  # how the shipped model is sampled and evaluated
 PATH = FlowMatching(t_sampling="logit_normal")
 
 
@@ -50,7 +53,7 @@ def render_shapes(labels: torch.Tensor, generator: torch.Generator, size: int = 
     return (img * 2 - 1).unsqueeze(1)
 
 
-def demo_batch(step: int, generator: torch.Generator, batch: int = RECIPE["batch"]) -> dict:
+def demo_batch(step: int, generator: torch.Generator, batch: int = RECIPE.batch) -> dict:
     labels = torch.randint(0, len(CLASSES), (batch,), generator=generator)
     return {"x": render_shapes(labels, generator), "class_labels": labels}
 
@@ -70,8 +73,8 @@ def load_demo(weights: str | Path | None = None) -> DiT:
 
 
 @torch.no_grad()
-def sample_demo(model: DiT | None = None, per_class: int = 8, steps: int = RECIPE["sample_steps"],
-                guidance: float = RECIPE["guidance"], seed: int = 0, classes: list[int] | None = None,
+def sample_demo(model: DiT | None = None, per_class: int = 8, steps: int = SAMPLE_STEPS,
+                guidance: float = GUIDANCE, seed: int = 0, classes: list[int] | None = None,
                 weights: str | Path | None = None, progress=False) -> torch.Tensor:
     """Samples (len(classes) * per_class, 1, 16, 16) in [-1, 1], ordered class by class."""
     model = model if model is not None else load_demo(weights)
@@ -81,7 +84,7 @@ def sample_demo(model: DiT | None = None, per_class: int = 8, steps: int = RECIP
         raise ValueError(f"class indices must lie in [0, {len(CLASSES) - 1}] ({', '.join(CLASSES)}), got {bad}")
     labels = torch.tensor(classes).repeat_interleave(per_class)
     g = torch.Generator().manual_seed(seed)
-    x = sample(model, PATH, (len(labels), 1, SIZE, SIZE), sampler=RECIPE["sampler"], steps=steps,
+    x = sample(model, PATH, (len(labels), 1, SIZE, SIZE), sampler=SAMPLER, steps=steps,
                guidance_scale=guidance, model_kwargs={"class_labels": labels}, generator=g, progress=progress)
     return x.clamp(-1, 1)
 
@@ -100,8 +103,6 @@ def to_grid(images: torch.Tensor, rows: int, scale: int = 4) -> np.ndarray:
 
 def write_grid(path: str | Path, images: torch.Tensor, rows: int = len(CLASSES)) -> None:
     from PIL import Image
-
-    from ditlab.core.weights import atomic_write
 
     path = Path(path)
     if path.suffix.lower() != ".png":
@@ -161,7 +162,7 @@ velocity target, logit-normal t), label dropout 0.1 for classifier-free guidance
 random centre and half-size 3-6 px, 4x supersampled. No external data.
 
 **Recipe.** `ditlab core demo-train` (`ditlab.core.demo.train_demo`): {steps} AdamW steps, batch {batch},
-lr {lr}, {warmup} warm-up steps, grad clip 1.0, EMA {ema_decay} (the EMA weights are shipped), seed {seed},
+lr {lr}, {warmup} warm-up steps, grad clip {grad_clip}, EMA {ema_decay} (the EMA weights are shipped), seed {seed},
 fp32 on {device} with {threads} torch thread(s); {seconds:.0f} s wall clock.
 
 **Metrics.** A small CNN trained on rendered shapes (`train_classifier`, its own seed) recognises
@@ -176,36 +177,28 @@ apps a model that works out of the box; it is not a prior for any real domain.
 
 
 def train_demo(out: str | Path | None = None, steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Train the demo model with the shipped recipe and write weights, model card and sha256."""
-    from ditlab.core.training import TrainConfig, Trainer
+    """Train the demo model with the shipped recipe and write weights and model card: into `out`, or as the
+    packaged `demo-shapes` with its SHA256SUMS line."""
+    from ditlab.core.training import Trainer
 
-    steps = steps or RECIPE["steps"]
-    torch.manual_seed(seed)
+    recipe = replace(RECIPE, steps=steps or RECIPE.steps, seed=seed)
+    torch.manual_seed(recipe.seed)
     model = demo_model()
-    cfg = TrainConfig(steps=steps, lr=RECIPE["lr"], warmup_steps=RECIPE["warmup"], grad_clip=1.0,
-                      ema_decay=RECIPE["ema_decay"], seed=seed, progress=progress, mixed_precision="no")
     start = time.time()
-    trainer = Trainer(model, demo_loss, demo_batch, cfg)
+    trainer = Trainer(model, demo_loss, demo_batch, recipe.train_config(None, progress=progress))
     trainer.train()
     seconds = time.time() - start
     ema = trainer.ema_model.cpu().eval()
     clf = train_classifier()
     acc = evaluate(ema, clf)
     acc_untrained = evaluate(demo_model().eval(), clf)
-    packaged = out is None
-    folder = Path(out) if out is not None else packaged_root() / WEIGHTS_NAME
-    card = MODEL_CARD.format(params=sum(p.numel() for p in ema.parameters()), classes=", ".join(CLASSES),
-                             steps=steps, batch=RECIPE["batch"], lr=RECIPE["lr"], warmup=RECIPE["warmup"],
-                             ema_decay=RECIPE["ema_decay"], seed=seed, seconds=seconds, acc=acc,
-                             acc_untrained=acc_untrained, sample_steps=RECIPE["sample_steps"],
-                             guidance=RECIPE["guidance"],
+    card = MODEL_CARD.format(**recipe.to_dict(), params=sum(p.numel() for p in ema.parameters()),
+                             classes=", ".join(CLASSES), seconds=seconds, acc=acc, acc_untrained=acc_untrained,
+                             sample_steps=SAMPLE_STEPS, guidance=GUIDANCE,
                              device="CUDA" if torch.cuda.is_available() else "a 2-core CPU",
                              threads=torch.get_num_threads())
-    digest = save_model(ema, folder, card=card)
-    if packaged:
-        sums = packaged_root() / "SHA256SUMS"
-        lines = [ln for ln in (sums.read_text().splitlines() if sums.exists() else [])
-                 if not ln.endswith(f"{WEIGHTS_NAME}/model.safetensors")]
-        sums.write_text("\n".join([*lines, f"{digest}  {WEIGHTS_NAME}/model.safetensors"]) + "\n")
-    return {"folder": str(folder), "sha256": digest, "sample_accuracy": acc,
-            "untrained_accuracy": acc_untrained, "seconds": seconds}
+    if out is None:
+        written = package(ema, WEIGHTS_NAME, "ditlab.core", card)
+    else:
+        written = {"folder": str(out), "sha256": save_model(ema, out, card=card)}
+    return {**written, "sample_accuracy": acc, "untrained_accuracy": acc_untrained, "seconds": seconds}

@@ -239,8 +239,9 @@ def train(
     out: Path = typer.Option(Path.home() / ".cache/ditlab/ct-prior", help="Run folder (checkpoint + log); resumed."),
     steps: int = typer.Option(..., help="Total optimizer steps to reach (a resumed run continues to this)."),
     threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads (0: torch's default)."),
-    resume_file: Path = typer.Option(None, help="A committed resume file to start from when OUT has no checkpoint "
-                                     "(default: packages/medical/training/ct-prior.resume.safetensors)."),
+    resume_file: Path = typer.Option(None, help="A resume file to start from when it is further along than OUT's "
+                                     "checkpoint (default: training/ct-prior.resume.safetensors of this checkout, "
+                                     "found from the working directory or $DITLAB_TRAINING_DIR)."),
     export: bool = typer.Option(False, help="Afterwards pack weights + EMA (fp16) into the resume file."),
     package: bool = typer.Option(False, help="Afterwards write the EMA weights as the packaged ct-prior."),
 ) -> None:
@@ -250,9 +251,9 @@ def train(
     from ditlab.medical import train as recipe
 
     torch.set_num_threads(threads)
-    report = recipe.train_prior(out, steps, resume_file=resume_file or recipe.RESUME_FILE)
+    report = recipe.train_prior(out, steps, resume_file=resume_file)
     typer.echo(json.dumps(report))
     if export:
-        typer.echo(f"exported {recipe.export_resume(out)}")
+        typer.echo(f"exported {recipe.export_prior_resume(out)}")
     if package:
         typer.echo(json.dumps(recipe.package_prior(out)))

@@ -20,11 +20,12 @@ from torch import nn
 from ditlab.core import demo
 from ditlab.core.diffusion import diffusion_loss, sample
 from ditlab.core.models import DiT
-from ditlab.core.weights import load_model, packaged_root, save_model
+from ditlab.core.training import Recipe
+from ditlab.core.weights import load_model, package, save_model
 
 WEIGHTS_NAME = "shapes32"
-RECIPE = {"batch": 32, "lr": 1e-3, "warmup": 100, "ema_decay": 0.995, "seed": 0, "precision": "bf16",
-          "checkpoint_every": 50, "sample_steps": 50, "guidance": 2.0}
+RECIPE = Recipe(batch=32, lr=1e-3, warmup=100, ema_decay=0.995, seed=0, precision="bf16", checkpoint_every=50)
+SAMPLE_STEPS, GUIDANCE = 50, 2.0  # how the benchmark samples and evaluates these models
 
 
 def render(labels: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
@@ -56,21 +57,19 @@ def _loss(model: nn.Module, batch: dict, generator: torch.Generator) -> torch.Te
                           generator=generator)
 
 
-def train_shapes(size: int, steps: int, output_dir: str | Path, batch: int = RECIPE["batch"], init: DiT | None = None,
-                 progress: bool = False, width: str = "base", lr: float = RECIPE["lr"]) -> tuple[DiT, dict]:
+def train_shapes(size: int, steps: int, output_dir: str | Path, batch: int = RECIPE.batch, init: DiT | None = None,
+                 progress: bool = False, width: str = "base", lr: float = RECIPE.lr) -> tuple[DiT, dict]:
     """Train the shapes DiT at `size` for `steps` steps with checkpoints in `output_dir` (a rerun resumes
     there), starting from the weights of `init` (a shapes DiT of any size: positions are not learned) or from
     scratch; returns the EMA model and the trainer's summary, with the training seconds of all sessions."""
-    from ditlab.core.training import TrainConfig, Trainer
+    from ditlab.core.training import Trainer
     from ditlab.core.training.trainer import LOG_NAME
 
-    torch.manual_seed(RECIPE["seed"])
+    torch.manual_seed(RECIPE.seed)
     model = shapes_model(size, width)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=RECIPE["warmup"], grad_clip=1.0,
-                      ema_decay=RECIPE["ema_decay"], seed=RECIPE["seed"], mixed_precision=RECIPE["precision"],
-                      output_dir=str(output_dir), checkpoint_every=RECIPE["checkpoint_every"], progress=progress)
+    cfg = RECIPE.train_config(output_dir, steps=steps, lr=lr, progress=progress)
 
     def data(step: int, generator: torch.Generator) -> dict:
         labels = torch.randint(0, len(demo.CLASSES), (batch,), generator=generator)
@@ -107,8 +106,8 @@ def class_accuracy(model: DiT, clf: nn.Module, per_class: int = 16, seed: int = 
     shown the samples average-pooled to 16x16, assigns to the class asked for."""
     size = model.cfg.input_size[0]
     labels = torch.arange(len(demo.CLASSES)).repeat_interleave(per_class)
-    x = sample(model, demo.PATH, (len(labels), 1, size, size), steps=RECIPE["sample_steps"],
-               guidance_scale=RECIPE["guidance"], model_kwargs={"class_labels": labels},
+    x = sample(model, demo.PATH, (len(labels), 1, size, size), steps=SAMPLE_STEPS,
+               guidance_scale=GUIDANCE, model_kwargs={"class_labels": labels},
                generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
     small = F.adaptive_avg_pool2d(x, demo.SIZE)
     return demo.class_accuracy(clf, small, labels)
@@ -129,7 +128,7 @@ renderer keeps the shape size fixed in pixels, so rendering at 32 directly would
 Generated on the fly, seeded. No external data.
 
 **Recipe.** `ditlab.core.accel.bench_model.ship_shapes32({steps}, output_dir)`: {steps} AdamW steps,
-batch {batch}, lr {lr}, {warmup} warm-up steps, grad clip 1.0, EMA {ema_decay} (the EMA weights are
+batch {batch}, lr {lr}, {warmup} warm-up steps, grad clip {grad_clip}, EMA {ema_decay} (the EMA weights are
 shipped), seed {seed}, {precision} autocast on a 2-core CPU with {threads} torch thread(s) while other CPU
 jobs shared the machine; {seconds:.0f} s of training wall clock (checkpointed every {checkpoint_every} steps,
 resumable). Final training loss (mean of the last 10 steps) {loss:.4f}.
@@ -156,13 +155,12 @@ def ship_shapes32(steps: int, output_dir: str | Path, out: str | Path | None = N
     clf = demo.train_classifier()
     per_class = 16
     acc = class_accuracy(ema, clf, per_class)
-    card = MODEL_CARD.format(params=sum(p.numel() for p in ema.parameters()), classes=", ".join(demo.CLASSES),
-                             steps=summary["step"], seconds=summary["seconds"], loss=summary["loss"], acc=acc,
-                             n_samples=per_class * len(demo.CLASSES), threads=threads, **RECIPE)
-    folder = Path(out) if out is not None else packaged_root() / WEIGHTS_NAME
-    digest = save_model(ema, folder, card=card)
+    card = MODEL_CARD.format(**{**RECIPE.to_dict(), "steps": summary["step"]},
+                             params=sum(p.numel() for p in ema.parameters()), classes=", ".join(demo.CLASSES),
+                             seconds=summary["seconds"], loss=summary["loss"], acc=acc, sample_steps=SAMPLE_STEPS,
+                             guidance=GUIDANCE, n_samples=per_class * len(demo.CLASSES), threads=threads)
     if out is None:
-        sums = packaged_root() / "SHA256SUMS"
-        lines = [ln for ln in sums.read_text().splitlines() if not ln.endswith(f"{WEIGHTS_NAME}/model.safetensors")]
-        sums.write_text("\n".join([*lines, f"{digest}  {WEIGHTS_NAME}/model.safetensors"]) + "\n")
-    return {"folder": str(folder), "sha256": digest, "sample_accuracy": acc, **summary}
+        written = package(ema, WEIGHTS_NAME, "ditlab.core", card)
+    else:
+        written = {"folder": str(out), "sha256": save_model(ema, out, card=card)}
+    return {**written, "sample_accuracy": acc, **summary}

@@ -34,6 +34,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ditlab.core.errors import UsageError
+
 from .ema import EMA
 
 MIXED_PRECISION = ("auto", "no", "bf16")
@@ -65,7 +67,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def check(ok: bool, what: str, expected: str, got: Any) -> None:
             if not ok:
-                raise ValueError(f"TrainConfig.{what} must be {expected}, got {got!r}")
+                raise UsageError(f"TrainConfig.{what} must be {expected}, got {got!r}")
 
         check(self.steps >= 1, "steps", ">= 1", self.steps)
         check(self.lr > 0, "lr", "> 0", self.lr)
@@ -123,12 +125,32 @@ def _tensors_for_file(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dic
     }
 
 
-def _find_checkpoint(folder: Path) -> Path | None:
+def find_checkpoint(folder: str | Path) -> Path | None:
     """The complete checkpoint at `folder`, or the previous one if a crash interrupted the swap."""
+    folder = Path(folder)
     for candidate in (folder, folder.parent / f".{folder.name}.old"):
         if (candidate / "state.json").is_file():
             return candidate
     return None
+
+
+def replace_folder(folder: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Call `fill(tmp)` on a fresh temporary folder next to `folder`, then swap it in for `folder`.
+
+    A crash leaves either the old folder (kept as `.<name>.old` during the swap, which `find_checkpoint` falls
+    back to) or the new one, never half of one.
+    """
+    folder = Path(folder)
+    tmp, old = folder.parent / f".{folder.name}.tmp", folder.parent / f".{folder.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    fill(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 def load_checkpoint(folder: str | Path, model: nn.Module, *, ema: bool = True) -> dict:
@@ -137,7 +159,7 @@ def load_checkpoint(folder: str | Path, model: nn.Module, *, ema: bool = True) -
     Tensors are cast to the model's dtypes, so a half-precision checkpoint loads into a float32 model.
     A run trained without EMA has only raw weights, which are then loaded either way.
     """
-    found = _find_checkpoint(Path(folder))
+    found = find_checkpoint(folder)
     if found is None:
         raise FileNotFoundError(f"no trainer checkpoint (state.json) in {folder}")
     state = json.loads((found / "state.json").read_text())
@@ -220,7 +242,7 @@ class Trainer:
         self._elapsed_base = 0.0  # seconds trained before this session
         self._session_t0: float | None = None
         if self.output_dir is not None and config.resume:
-            found = _find_checkpoint(self.output_dir / CHECKPOINT_NAME)
+            found = find_checkpoint(self.output_dir / CHECKPOINT_NAME)
             if found is not None:
                 self._load(found)
 
@@ -375,54 +397,45 @@ class Trainer:
         """
         if folder is None:
             if self.output_dir is None:
-                raise ValueError("save_checkpoint needs a folder when TrainConfig.output_dir is None")
+                raise UsageError("save_checkpoint needs a folder when TrainConfig.output_dir is None")
             folder = self.output_dir / CHECKPOINT_NAME
         folder = Path(folder)
         acc = self.accelerator
-        dtype = CHECKPOINT_DTYPES[self.config.checkpoint_dtype]
         model_state = acc.get_state_dict(self.model)
         optimizer_state = self.optimizer.state_dict()
         window_sum = acc.reduce(self._window_sum, "mean").item()
         if acc.is_main_process:
-            tmp = folder.parent / f".{folder.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_file(
-                _tensors_for_file(model_state, dtype), tmp / "model.safetensors", metadata={"format": "pt"}
-            )
-            if self.ema is not None:
-                save_file(
-                    _tensors_for_file(self.ema.state_dict(), dtype),
-                    tmp / "ema.safetensors",
-                    metadata={"format": "pt"},
-                )
-            moments = {
-                f"state.{idx}.{name}": torch.as_tensor(value)
-                for idx, param_state in optimizer_state["state"].items()
-                for name, value in param_state.items()
-            }
-            save_file(_tensors_for_file(moments, torch.float32), tmp / "optimizer.safetensors")
-            state = {
-                "step": self.step,
-                "seed": self.config.seed,
-                "ema": self.ema is not None,
-                "checkpoint_dtype": self.config.checkpoint_dtype,
-                "config": asdict(self.config),
-                "optimizer_param_groups": optimizer_state["param_groups"],
-                "scheduler": self.scheduler.state_dict(),
-                "loss": None if math.isnan(self._loss) else self._loss,
-                "loss_window": {"sum": window_sum, "count": self._window_count},
-                "elapsed_s": self._elapsed(),
-            }
-            (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-            old = folder.parent / f".{folder.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_folder(folder, lambda tmp: self._write_checkpoint(tmp, model_state, optimizer_state, window_sum))
         acc.wait_for_everyone()
         return folder
+
+    def _write_checkpoint(self, folder: Path, model_state: dict, optimizer_state: dict, window_sum: float) -> None:
+        """The files of a checkpoint, written into `folder` (the temporary one `save_checkpoint` swaps in)."""
+        dtype = CHECKPOINT_DTYPES[self.config.checkpoint_dtype]
+        save_file(_tensors_for_file(model_state, dtype), folder / "model.safetensors", metadata={"format": "pt"})
+        if self.ema is not None:
+            save_file(
+                _tensors_for_file(self.ema.state_dict(), dtype), folder / "ema.safetensors", metadata={"format": "pt"}
+            )
+        moments = {
+            f"state.{idx}.{name}": torch.as_tensor(value)
+            for idx, param_state in optimizer_state["state"].items()
+            for name, value in param_state.items()
+        }
+        save_file(_tensors_for_file(moments, torch.float32), folder / "optimizer.safetensors")
+        state = {
+            "step": self.step,
+            "seed": self.config.seed,
+            "ema": self.ema is not None,
+            "checkpoint_dtype": self.config.checkpoint_dtype,
+            "config": asdict(self.config),
+            "optimizer_param_groups": optimizer_state["param_groups"],
+            "scheduler": self.scheduler.state_dict(),
+            "loss": None if math.isnan(self._loss) else self._loss,
+            "loss_window": {"sum": window_sum, "count": self._window_count},
+            "elapsed_s": self._elapsed(),
+        }
+        (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n")
 
     def _load(self, folder: Path) -> None:
         """Resume every piece of training state from a checkpoint folder written by `save_checkpoint`."""

@@ -2,7 +2,9 @@
 
 A weights folder is Hub-style: `config.json` + `model.safetensors` (diffusers' name
 `diffusion_pytorch_model.safetensors` is read too) + `README.md` (the model card). Packaged folders
-live in `<package>/weights/<name>/`, their digests in `<package>/weights/SHA256SUMS`.
+live in `<package>/weights/<name>/`, their digests in `<package>/weights/SHA256SUMS` (one line per folder:
+the sha256 of its weights file and that file's path, `<digest>  <name>/model.safetensors`); `package()` writes
+both. Only the weights file is hashed, so a model card can be edited without changing the digest.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ditlab.core.errors import FileFormatError, InputError
+from ditlab.core.files import atomic_write, safe_stem, write_json, write_text
+
 WEIGHT_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+SUMS_NAME = "SHA256SUMS"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -37,17 +42,17 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-            raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+            raise FileFormatError(f"{path} is not a readable safetensors file ({e})") from e
     if path.suffix in (".pt", ".bin", ".pth"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path} is a pickle checkpoint that does not load with weights_only=True "
+            raise FileFormatError(f"{path} is a pickle checkpoint that does not load with weights_only=True "
                              f"(it may hold code, which ditlab never runs); convert it to safetensors ({e})") from e
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{path}: expected a flat dict of tensors, got {type(state).__name__}")
+            raise FileFormatError(f"{path}: expected a flat dict of tensors, got {type(state).__name__}")
         return state
-    raise ValueError(f"unsupported checkpoint format {path.suffix!r} for {path}; expected .safetensors "
+    raise FileFormatError(f"unsupported checkpoint format {path.suffix!r} for {path}; expected .safetensors "
                      "(or .pt/.bin/.pth tensors-only, read with weights_only=True)")
 
 
@@ -66,24 +71,8 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
             parts.append(f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}")
         if shapes:
             parts.append(f"shape mismatches {shapes[:4]}")
-        raise ValueError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
+        raise InputError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` then move the result into place, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_model(model, folder: str | Path, card: str | None = None, dtype: torch.dtype | None = None) -> str:
@@ -91,11 +80,10 @@ def save_model(model, folder: str | Path, card: str | None = None, dtype: torch.
     folder = Path(folder)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    config = {"_class_name": type(model).__name__, **dict(model.config)}
-    atomic_write(folder / "config.json", lambda p: p.write_text(json.dumps(config, indent=2, default=list) + "\n"))
+    write_json(folder / "config.json", {"_class_name": type(model).__name__, **dict(model.config)})
     atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     if card is not None:
-        atomic_write(folder / "README.md", lambda p: p.write_text(card))
+        write_text(folder / "README.md", card)
     return sha256_file(folder / "model.safetensors")
 
 
@@ -103,16 +91,45 @@ def packaged_root(package: str = "ditlab.core") -> Path:
     return Path(str(importlib.resources.files(package))) / "weights"
 
 
-def recorded_digests(package: str = "ditlab.core") -> dict[str, str]:
-    """name -> sha256 of `<name>/model.safetensors`, from the package's SHA256SUMS."""
-    sums = packaged_root(package) / "SHA256SUMS"
+def _sums(package: str) -> dict[str, tuple[str, str]]:
+    """name -> (sha256, path of the weights file relative to `weights/`), from the package's SHA256SUMS."""
+    sums = packaged_root(package) / SUMS_NAME
     out = {}
     if sums.is_file():
         for line in sums.read_text().splitlines():
             if line.strip():
                 digest, rel = line.split(maxsplit=1)
-                out[rel.strip().split("/")[0]] = digest
+                out[rel.strip().split("/")[0]] = (digest, rel.strip())
     return out
+
+
+def recorded_digests(package: str = "ditlab.core") -> dict[str, str]:
+    """name -> sha256 of `<name>/model.safetensors`, from the package's SHA256SUMS."""
+    return {name: digest for name, (digest, _) in _sums(package).items()}
+
+
+def check_name(name: str, what: str = "weights name") -> str:
+    """`name` itself when it is a plain name (letters, digits, `.`, `_`, `-`; no folders), else an InputError."""
+    if not isinstance(name, str) or not name or safe_stem(name, default="") != name:
+        raise InputError(f"{what} must be a plain name of letters, digits, '.', '_' and '-' with no folder part, "
+                         f"got {name!r}")
+    return name
+
+
+def package(model, name: str, package: str, card: str, dtype: torch.dtype | None = None) -> dict:
+    """Write `model` as the packaged weights `<package>/weights/<name>/` (config.json, model.safetensors and the
+    model card README.md) and record its sha256 in that package's SHA256SUMS, the other lines kept, sorted by
+    name. Safetensors only: a folder that holds pickle weights is refused. Returns {"folder", "sha256"}."""
+    root = packaged_root(package)
+    folder = root / check_name(name)
+    pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InputError(f"{folder} holds pickle weights {pickles}; packaged weights are safetensors only: "
+                         "delete those files first")
+    digest = save_model(model, folder, card=card, dtype=dtype)
+    sums = {**_sums(package), name: (digest, f"{name}/model.safetensors")}
+    write_text(root / SUMS_NAME, "".join(f"{d}  {rel}\n" for _, (d, rel) in sorted(sums.items())))
+    return {"folder": str(folder), "sha256": digest}
 
 
 def resolve(name_or_path: str | Path, package: str = "ditlab.core") -> tuple[Path, str | None]:
@@ -124,7 +141,7 @@ def resolve(name_or_path: str | Path, package: str = "ditlab.core") -> tuple[Pat
     if (root / str(name_or_path)).is_dir():
         digest = recorded_digests(package).get(str(name_or_path))
         if digest is None:
-            raise ValueError(f"packaged weights {name_or_path!r} have no recorded sha256 in {root / 'SHA256SUMS'}")
+            raise ValueError(f"packaged weights {name_or_path!r} have no recorded sha256 in {root / SUMS_NAME}")
         return root / str(name_or_path), digest
     names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     raise FileNotFoundError(f"no weights folder at {name_or_path!r} and no packaged weights of that name "
@@ -135,7 +152,7 @@ def weights_file(folder: Path) -> Path:
     for name in WEIGHT_NAMES:
         if (folder / name).is_file():
             return folder / name
-    pickles = [p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    pickles = [p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES]
     hint = f" (found {pickles}: convert them to safetensors)" if pickles else ""
     raise FileNotFoundError(f"expected {' or '.join(WEIGHT_NAMES)} in {folder}{hint}")
 
@@ -150,7 +167,7 @@ def load_model(cls, name_or_path: str | Path, package: str = "ditlab.core", chec
     if digest is not None and checkpoint is None:
         actual = sha256_file(wfile)
         if actual != digest:
-            raise ValueError(f"sha256 mismatch for {wfile}: recorded {digest}, file has {actual}")
+            raise FileFormatError(f"sha256 mismatch for {wfile}: recorded {digest}, file has {actual}")
     model = cls.from_config(config)
     load_into(model, load_state_dict(wfile), source=str(wfile))
     return model.to(device).eval()
