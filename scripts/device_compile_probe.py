@@ -6,7 +6,8 @@ import time
 import torch
 
 from ditlab.core import kernels
-from ditlab.core.accel import bench, precision
+from ditlab.core.accel import precision
+from ditlab.core.accel.bench.subjects import xl_model
 
 
 def mean_ms(fn, n=20):
@@ -21,7 +22,7 @@ def mean_ms(fn, n=20):
 
 
 dev = torch.device("cuda")
-base = bench.xl_model().to(dev)
+base = xl_model().to(dev)
 x, t = torch.randn(32, 4, 32, 32, device=dev), torch.rand(32, device=dev) * 1000
 y = torch.arange(32, device=dev)
 

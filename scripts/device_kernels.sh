@@ -9,8 +9,9 @@ python3 -m pytest -q -p no:cacheprovider --tb=short tests/core/test_kernels.py 2
 timeout "${BENCH_TIMEOUT:-400}" python3 - <<'PY' 2>&1 | tee "$OUT/kernels.log" | grep -v Warning
 import json, os
 from pathlib import Path
+from ditlab.core.bench import Report, machine
 from ditlab.core.kernels import triton_kernels
-from ditlab.core.kernels.bench import best_shapes, kernel_benchmark, sweep
+from ditlab.core.kernels.bench import add_rows, best_shapes, kernel_benchmark, sweep
 
 out = Path(os.environ["OUT"])
 if os.environ.get("SWEEP") == "1":
@@ -20,8 +21,9 @@ if os.environ.get("SWEEP") == "1":
     triton_kernels.TUNING.update(best_shapes(rows))
 print("launch shapes:", triton_kernels.TUNING or triton_kernels.DEFAULTS, flush=True)
 table = kernel_benchmark()
-(out / "kernels.json").write_text(json.dumps({"tuning": {k: list(v) for k, v in triton_kernels.TUNING.items()},
-                                               "rows": table}, indent=1))
-for r in table:
-    print(f"{r['kernel']:36s} {r['method']:14s} {r['ms']:.4f} ms {r['gb_per_s']:7.0f} GB/s {r['of_copy_bandwidth']:.3f}")
+report = Report("Fused kernels", machine=machine("cuda"), command="bash scripts/device_kernels.sh")
+add_rows(report, table)
+report.extra.update(tuning={k: list(v) for k, v in triton_kernels.TUNING.items()}, kernels=table)
+report.write(out / "kernels.json")
+print(report.markdown())
 PY

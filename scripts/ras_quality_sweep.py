@@ -4,7 +4,8 @@ subclass standing in for `cooldown`, before it became a parameter)."""
 import functools
 import json
 
-from ditlab.core.accel import bench as B
+from ditlab.core.accel.bench.subjects import FULL, make_inputs, ras_subject
+from ditlab.core.accel.bench.tasks import ours, reference, sample_psnr
 from ditlab.core.accel.ras import RegionAdaptive
 
 SETTINGS = [dict(ratio=0.35, cooldown=0), dict(ratio=0.35, cooldown=0, metric="change"),
@@ -15,15 +16,16 @@ SETTINGS = [dict(ratio=0.35, cooldown=0), dict(ratio=0.35, cooldown=0, metric="c
             dict(ratio=0.33, cooldown=2), dict(ratio=0.3, cooldown=2), dict(ratio=0.3, cooldown=4),
             dict(ratio=0.25, cooldown=6), dict(ratio=0.2, cooldown=8)]
 
-size = B.FULL
-model, _ = B.ras_subject(size)
-inputs = B.make_inputs(model, size.ras_batch)
-ref = B.reference(model, inputs, size)
-base, _ = B.ours(model, inputs, size)(size.steps)
-base_db = B.psnr(base, ref)
+size = FULL
+model, _ = ras_subject(size)
+inputs = make_inputs(model, size.ras_batch)
+ref = reference(model, inputs, size)
+base, _ = ours(model, inputs, size)(size.steps)
+base_db = sample_psnr(base, ref)
 print("uncached PSNR vs reference", round(base_db, 3), flush=True)
 for kw in SETTINGS:
-    x, nfe = B.ours(model, inputs, size, functools.partial(RegionAdaptive, **kw))(size.steps)
-    per = [round(B.psnr(base[i:i + 1], ref[i:i + 1]) - B.psnr(x[i:i + 1], ref[i:i + 1]), 2) for i in range(len(x))]
-    print(json.dumps(kw), "loss", round(base_db - B.psnr(x, ref), 3), "nfe", round(nfe, 2), "per-sample", per,
+    x, nfe = ours(model, inputs, size, functools.partial(RegionAdaptive, **kw))(size.steps)
+    per = [round(sample_psnr(base[i:i + 1], ref[i:i + 1]) - sample_psnr(x[i:i + 1], ref[i:i + 1]), 2)
+           for i in range(len(x))]
+    print(json.dumps(kw), "loss", round(base_db - sample_psnr(x, ref), 3), "nfe", round(nfe, 2), "per-sample", per,
           flush=True)

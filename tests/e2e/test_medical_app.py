@@ -78,5 +78,14 @@ def test_reports_nan_voxels_and_truncated_files(client, tmp_path):
 
 
 def test_reports_too_few_views(client):
-    with pytest.raises(Exception, match="views must be an integer >= 2, got 1"):
+    with pytest.raises(Exception, match="views must be an integer from 2 to 180, got 1"):
         reconstruct(client, views=1)
+
+
+def test_refuses_a_file_that_only_pretends_to_be_nifti(client, tmp_path):
+    from gradio_client import handle_file
+
+    fake = tmp_path / "scan.nii.gz"
+    fake.write_bytes(b"PK\x03\x04" + bytes(400))  # a zip renamed to .nii.gz
+    with pytest.raises(Exception, match=r"scan\.nii\.gz: its contents are not a \.nii\.gz file"):
+        reconstruct(client, upload=handle_file(str(fake)))

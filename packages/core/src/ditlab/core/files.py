@@ -55,7 +55,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def safe_stem(name: str, suffixes: Iterable[str] = (), default: str = "output", max_len: int = 80) -> str:
     """A file stem safe on every file system from a user-supplied name: the known suffix and any folders
-    dropped, runs of other characters replaced by `_`, no leading dot, at most `max_len` characters."""
+    dropped, runs of other characters replaced by `-`, no leading dot, at most `max_len` characters."""
     stem, _ = split_suffix(Path(str(name).replace("\\", "/")).name, suffixes)
-    stem = _UNSAFE.sub("_", stem).strip("._-")[:max_len]
+    stem = _UNSAFE.sub("-", stem).strip("._-")[:max_len]
     return stem or default

@@ -144,8 +144,4 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
                                             f"peak RSS, MiB)") + ".")
     report.extra.update(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                         seconds=time.perf_counter() - start)
-    echo(report.markdown())
-    if json_path is not None:
-        report.write(json_path)
-        echo(f"wrote {json_path}")
-    return report.to_json()
+    return report.publish(json_path, echo)

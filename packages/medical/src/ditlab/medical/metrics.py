@@ -16,6 +16,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from ditlab.core.errors import InputError
+from ditlab.core.metrics import psnr as core_psnr
 from ditlab.medical.operators import HU_WINDOW, Operator, volume_to_slices
 
 if TYPE_CHECKING:
@@ -39,10 +40,9 @@ def _pair(x: Array, ref: Array, window: tuple[float, float]) -> tuple[np.ndarray
 
 
 def psnr(x: Array, ref: Array, window: tuple[float, float] = HU_WINDOW) -> float:
-    """PSNR in dB of `x` against `ref` (any equal shapes), both clipped to `window`; peak = window width."""
-    x, ref, data_range = _pair(x, ref, window)
-    mse = float(np.mean((x - ref) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(data_range ** 2 / mse)
+    """PSNR in dB of `x` against `ref` (any equal shapes), both clipped to `window`; peak = window width (core's
+    `psnr`, capped at 100 dB for identical images)."""
+    return core_psnr(*_pair(x, ref, window))
 
 
 def ssim(x: Array, ref: Array, window: tuple[float, float] = HU_WINDOW) -> float:

@@ -12,10 +12,13 @@ Units: the network sees slices in [-1, 1] (`2 * hu_to_unit(hu) - 1`); the solver
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from ditlab.core import hooks
 from ditlab.core.diffusion import FlowMatching
 from ditlab.core.errors import InputError
 from ditlab.core.models import DiT
@@ -47,7 +50,12 @@ class SlicePrior:
     `x0(x_t, t)` takes noisy slices (B, H, W) on the flow path of the [-1, 1] data (x_t = (1-t) x + t eps),
     pads them with air to a multiple of 64 pixels, rolls them by a random multiple of the patch size (so
     window borders move between calls), runs the network in chunks of `batch` slices, and returns Tweedie's
-    estimate in [0, 1]. `calls` counts network evaluations per slice (NFE). `precision` "auto" runs the
+    estimate in [0, 1]. `calls` counts network evaluations per slice (NFE).
+
+    Feature caches (`cached`): each chunk of slices is its own stream of calls, so it runs in its own hook
+    context ("chunk-0", "chunk-1", ...) and keeps its own cached features; and the window roll is drawn once
+    per solver run instead of once per call, since a cache adds features of an earlier call to the current
+    one and a roll would move the slices under them. `precision` "auto" runs the
     network under bf16 autocast where the device computes bf16 natively (this CPU does: about 2x faster),
     else fp32; "fp32" and "bf16" force one (bf16 where unsupported raises, naming why).
     """
@@ -67,6 +75,7 @@ class SlicePrior:
         self.generator = generator or torch.Generator().manual_seed(0)
         self.patch = int(model.dit_config.patch[0])
         self.calls = 0
+        self._roll: tuple[int, int] | None = None  # fixed while a cache is attached (`cached`)
 
     @property
     def device(self) -> torch.device:
@@ -88,15 +97,34 @@ class SlicePrior:
             x = -(1 - t) + t * torch.randn((b, 1, h + ph, w + pw), generator=self.generator)
             x[:, :, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w] = x_t[:, None]
         if self.shift_windows:
-            dy, dx = (int(v) * self.patch for v in torch.randint(0, TILE // self.patch, (2,), generator=self.generator))
+            dy, dx = self._roll or self._draw_roll()
             x = torch.roll(x, (dy, dx), dims=(2, 3))
         tt = PATH.model_time(torch.tensor([float(t)]))
-        out = torch.cat([self.model(c.to(self.device), tt.expand(len(c)).to(self.device)).float().cpu()
-                         for c in x.split(self.batch)])
+        out = []
+        for k, c in enumerate(x.split(self.batch)):
+            with hooks.context(self.model, f"chunk-{k}"):  # one cache context per chunk (inert without a cache)
+                out.append(self.model(c.to(self.device), tt.expand(len(c)).to(self.device)).float().cpu())
+        out = torch.cat(out)
         if self.shift_windows:
             out = torch.roll(out, (-dy, -dx), dims=(2, 3))
         self.calls += 1
         return out[:, 0, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+    def _draw_roll(self) -> tuple[int, int]:
+        """A random window offset (rows, columns), a multiple of the patch size."""
+        dy, dx = (int(v) * self.patch for v in torch.randint(0, TILE // self.patch, (2,), generator=self.generator))
+        return dy, dx
+
+    @contextlib.contextmanager
+    def cached(self, cache, calls: int) -> Iterator[None]:
+        """Attach a `ditlab.core.accel` cache policy for one solver run of `calls` network evaluations (per chunk
+        of slices, each chunk in its own context), with one window roll for the whole run."""
+        with cache.attach(self.model, calls):
+            self._roll = self._draw_roll() if self.shift_windows else None
+            try:
+                yield
+            finally:
+                self._roll = None
 
     @torch.no_grad()
     def x0(self, x_t: torch.Tensor, t: float) -> torch.Tensor:

@@ -262,6 +262,14 @@ def reddiff(y: torch.Tensor, op: Operator, prior, s: Settings, g: torch.Generato
 SOLVERS = {"dds": dds, "dps": dps, "reddiff": reddiff}
 
 
+def network_calls(method: str, s: Settings) -> int:
+    """Network evaluations per slice in one run of a DiT solver: each of the three calls the prior once per step
+    (what a feature cache is attached for)."""
+    if method not in SOLVERS:
+        raise InputError(f"{method!r} calls no network; expected one of {DIT_METHODS}")
+    return s.steps
+
+
 # ----------------------------------------------------------------------------------------------
 # The entry points
 # ----------------------------------------------------------------------------------------------
@@ -273,8 +281,9 @@ class Result:
     slices: torch.Tensor
     method: str
     seconds: float
-    nfe: int
+    nfe: int  # network calls per slice
     settings: dict = field(default_factory=dict)
+    nfe_equivalent: float = 0.0  # network evaluations actually spent per slice (fewer than nfe with a cache)
 
 
 def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Settings | None = None,
@@ -324,18 +333,22 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
         if progress:
             progress(done[0], total)
 
-    calls0 = prior.calls
+    calls0, spent, slabs = prior.calls, 0.0, math.ceil(n / s.slab)
     out = []
     for i in range(0, n, s.slab):
         yi, runs = y[i:i + s.slab], []
         # the classical start is deterministic: computed once per slab, shared by the averaged runs
         start = _init(yi, op, s) if method == "reddiff" or s.t_start < 1 else None
         for _ in range(s.samples):
-            with cache.attach(prior.model, s.steps) if cache is not None else contextlib.nullcontext():
+            with prior.cached(cache, network_calls(method, s)) if cache is not None else contextlib.nullcontext():
                 runs.append(SOLVERS[method](yi, op, prior, s, g, tick, start))
+                if cache is not None:  # the mean over this slab's chunks of the evaluations they spent
+                    per_chunk = [cache.nfe_equivalent(c) for c in cache.context_stats]
+                    spent += sum(per_chunk) / max(1, len(per_chunk))
         out.append(torch.stack(runs).mean(0))
-    nfe = (prior.calls - calls0) // max(1, math.ceil(n / s.slab))
-    return Result(torch.cat(out), method, time.perf_counter() - t0, nfe, asdict(s))
+    nfe = (prior.calls - calls0) // max(1, slabs)
+    return Result(torch.cat(out), method, time.perf_counter() - t0, nfe, asdict(s),
+                  spent / slabs if cache is not None else float(nfe))
 
 
 # ----------------------------------------------------------------------------------------------

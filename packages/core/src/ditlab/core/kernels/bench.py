@@ -1,4 +1,5 @@
-"""Time each fused kernel against eager torch, `torch.compile` and the device's copy bandwidth."""
+"""Time each fused kernel against eager torch, `torch.compile` and the device's copy bandwidth; `add_rows` puts
+the results in a benchmark `Report`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections.abc import Callable
 import torch
 
 from ditlab.core import kernels
+from ditlab.core.bench.harness import Report
 from ditlab.core.kernels import reference
+
+KERNEL_TASK = "fused kernels (cuda, bf16, DiT-XL width)"
 
 
 def _time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -80,6 +84,13 @@ def kernel_benchmark(
             rows.append({"kernel": name, "method": method, "ms": ms, "gb_per_s": gbps,
                          "of_copy_bandwidth": gbps / copy_gbps, "note": note})
     return rows
+
+
+def add_rows(report: Report, rows: list[dict], task: str = KERNEL_TASK) -> None:
+    """`kernel_benchmark` rows as report rows: ms, GB/s and fraction of copy bandwidth per kernel and method."""
+    for r in rows:
+        for metric, key in (("ms", "ms"), ("GB/s", "gb_per_s"), ("fraction of copy bandwidth", "of_copy_bandwidth")):
+            report.row(task, f"{r['kernel']}: {r['method']}", metric, r[key])
 
 
 def sweep(batch: int = 64, tokens: int = 1024, dim: int = 1152, heads: int = 16, repeats: int = 30,
