@@ -43,7 +43,9 @@ def test_per_plane_reports_each_plane():
     noisy = ref.copy()
     noisy[:, :, 0] += 100  # one axial slice wrong: every coronal and sagittal slice sees it, one axial slice does
     out = per_plane(noisy, ref, psnr)
-    assert out["axial"] == PSNR_CAP
+    # 11 of 12 axial slices are exact (capped at 100 dB) and one is wrong: a finite mean far above the other planes
+    assert out["axial"] == pytest.approx((11 * PSNR_CAP + psnr(noisy[:, :, 0], ref[:, :, 0])) / 12)
+    assert out["axial"] > out["coronal"] + 40
     assert out["coronal"] == pytest.approx(out["sagittal"])
     s = per_plane(noisy, ref, ssim)
     assert s["axial"] == pytest.approx(1 - (1 - ssim(noisy[:, :, 0], ref[:, :, 0])) / 12)

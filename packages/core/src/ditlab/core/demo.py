@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ditlab.core.diffusion import FlowMatching, diffusion_loss, sample
+from ditlab.core.errors import InputError
 from ditlab.core.files import atomic_write
 from ditlab.core.models import DiT
 from ditlab.core.training import Recipe
@@ -81,7 +82,7 @@ def sample_demo(model: DiT | None = None, per_class: int = 8, steps: int = SAMPL
     classes = list(range(len(CLASSES))) if classes is None else classes
     bad = [c for c in classes if not 0 <= c < len(CLASSES)]
     if bad:
-        raise ValueError(f"class indices must lie in [0, {len(CLASSES) - 1}] ({', '.join(CLASSES)}), got {bad}")
+        raise InputError(f"class indices must lie in [0, {len(CLASSES) - 1}] ({', '.join(CLASSES)}), got {bad}")
     labels = torch.tensor(classes).repeat_interleave(per_class)
     g = torch.Generator().manual_seed(seed)
     x = sample(model, PATH, (len(labels), 1, SIZE, SIZE), sampler=SAMPLER, steps=steps,
@@ -106,7 +107,7 @@ def write_grid(path: str | Path, images: torch.Tensor, rows: int = len(CLASSES))
 
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"expected a .png output path, got {path}")
+        raise InputError(f"expected a .png output path, got {path}")
     atomic_write(path, lambda p: Image.fromarray(to_grid(images, rows)).save(p, format="PNG"))
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ditlab.core.errors import InputError
+
 PRECISIONS = ("fp32", "bf16")
 QUANT_SCHEMES = ("int8_weight_only", "int8_dynamic", "fp8")
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX-512 / AMX, Arm (Linux names)
@@ -73,7 +75,7 @@ def bf16_supported(device: str | torch.device) -> tuple[bool, str]:
 
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def autocast(device: str | torch.device, precision: str = "fp32", allow_fallback: bool = False
@@ -93,7 +95,7 @@ def autocast(device: str | torch.device, precision: str = "fp32", allow_fallback
 def _blocks(model: nn.Module) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList) or not len(blocks):
-        raise ValueError(f"expected a transformer with its repeated blocks in `.blocks` (a ditlab DiT), "
+        raise InputError(f"expected a transformer with its repeated blocks in `.blocks` (a ditlab DiT), "
                          f"got {type(model).__name__}")
     return blocks
 
@@ -175,7 +177,7 @@ def quantize(model: nn.Module, scheme: str, allow_fallback: bool = False) -> nn.
     Embedders and the final layer stay in full precision: they are cheap and set the output's accuracy.
     """
     if scheme not in QUANT_SCHEMES:
-        raise ValueError(f"unknown quantization scheme {scheme!r}; valid schemes are {QUANT_SCHEMES}")
+        raise InputError(f"unknown quantization scheme {scheme!r}; valid schemes are {QUANT_SCHEMES}")
     blocks = _blocks(model)
     if scheme == "fp8":
         missing = _fp8_missing(_device_of(model))

@@ -18,6 +18,7 @@ import torch
 
 from ditlab.core.diffusion.guidance import Denoiser
 from ditlab.core.diffusion.paths import FlowMatching, Path
+from ditlab.core.errors import InputError
 
 if TYPE_CHECKING:
     from ditlab.core.accel.cache import CachePolicy
@@ -156,7 +157,7 @@ def sample(
     from ditlab.core.accel.cache import CachePolicy  # here, so that accel may build on the samplers
 
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     if cache is not None and not isinstance(cache, CachePolicy):
         raise TypeError(f"cache must be a CachePolicy (NoCache, FORA, DeltaDiT, TaylorSeer, FirstBlockCache, "
                         f"RegionAdaptive; by name: ditlab.core.accel.policy) or None, got {type(cache).__name__}")
@@ -164,12 +165,12 @@ def sample(
     sampler = sampler or ("euler" if is_flow else "ddim")
     valid = FLOW_SAMPLERS if is_flow else VP_SAMPLERS
     if sampler not in valid:
-        raise ValueError(f"sampler {sampler!r} does not fit a {path.kind} path; choose one of {valid}")
+        raise InputError(f"sampler {sampler!r} does not fit a {path.kind} path; choose one of {valid}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if x_T is None:
         x_T = torch.randn(shape, generator=generator)
     elif tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+        raise InputError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     x = x_T.to(device=device, dtype=torch.float32)
     den = Denoiser(model, path, guidance_scale, model_kwargs, uncond_kwargs)
     total_calls = 2 * steps - 1 if sampler == "heun" else steps  # Heun's last step is an Euler step

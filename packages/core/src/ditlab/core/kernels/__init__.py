@@ -20,6 +20,7 @@ import warnings
 
 import torch
 
+from ditlab.core.errors import InputError
 from ditlab.core.kernels import reference
 
 __all__ = ["apply_rope", "backend", "gated_residual_layernorm_modulate", "layernorm_modulate", "rms_norm"]
@@ -62,7 +63,7 @@ def _use_triton(name: str, backend: str, allow_fallback: bool, *tensors: torch.T
     if backend == "torch":
         return False
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     x = tensors[0]
     if backend == "auto" and (not x.is_cuda or torch.compiler.is_compiling()):
         # under torch.compile, "auto" hands Inductor the reference ops to fuse with their neighbours: the
@@ -88,10 +89,10 @@ def _use_triton(name: str, backend: str, allow_fallback: bool, *tensors: torch.T
 
 def _check_modulated(x: torch.Tensor, **vectors: torch.Tensor) -> None:
     if x.ndim != 3:
-        raise ValueError(f"expected x of shape (B, T, D), got {tuple(x.shape)}")
+        raise InputError(f"expected x of shape (B, T, D), got {tuple(x.shape)}")
     for name, v in vectors.items():
         if v.shape != (x.shape[0], x.shape[2]):
-            raise ValueError(f"expected {name} of shape (B, D) = {(x.shape[0], x.shape[2])}, got {tuple(v.shape)}")
+            raise InputError(f"expected {name} of shape (B, D) = {(x.shape[0], x.shape[2])}, got {tuple(v.shape)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def gated_residual_layernorm_modulate(
     """
     _check_modulated(x, gate=gate, shift=shift, scale=scale)
     if y.shape != x.shape:
-        raise ValueError(f"expected y of the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
+        raise InputError(f"expected y of the shape of x {tuple(x.shape)}, got {tuple(y.shape)}")
     if _use_triton("gated_residual_layernorm_modulate", backend, allow_fallback, x, gate, y, shift, scale):
         return _gated_residual_layernorm_modulate_op(x, gate, y, shift, scale, eps)
     return reference.gated_residual_layernorm_modulate(x, gate, y, shift, scale, eps)
@@ -180,7 +181,7 @@ def rms_norm(
 ) -> torch.Tensor:
     """`F.rms_norm` over the last axis of x (..., D) with a weight (D,)."""
     if weight.shape != x.shape[-1:]:
-        raise ValueError(f"expected weight of shape ({x.shape[-1]},) for x {tuple(x.shape)}, got {tuple(weight.shape)}")
+        raise InputError(f"expected weight of shape ({x.shape[-1]},) for x {tuple(x.shape)}, got {tuple(weight.shape)}")
     if _use_triton("rms_norm", backend, allow_fallback, x, weight):
         return _rms_norm_op(x, weight, eps)
     return reference.rms_norm(x, weight, eps)
@@ -191,10 +192,10 @@ def apply_rope(
 ) -> torch.Tensor:
     """Rotate interleaved channel pairs (2i, 2i+1) of x (B, H, L, Dh) by angles given as cos, sin (L, Dh/2)."""
     if x.ndim != 4 or x.shape[-1] % 2:
-        raise ValueError(f"expected x of shape (B, H, L, Dh) with Dh even, got {tuple(x.shape)}")
+        raise InputError(f"expected x of shape (B, H, L, Dh) with Dh even, got {tuple(x.shape)}")
     want = (x.shape[2], x.shape[3] // 2)
     if cos.shape != want or sin.shape != want:
-        raise ValueError(f"expected cos and sin of shape (L, Dh/2) = {want}, "
+        raise InputError(f"expected cos and sin of shape (L, Dh/2) = {want}, "
                          f"got {tuple(cos.shape)} and {tuple(sin.shape)}")
     if _use_triton("apply_rope", backend, allow_fallback, x, cos, sin):
         return _apply_rope_op(x, cos, sin)

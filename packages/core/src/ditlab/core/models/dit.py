@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ditlab.core import kernels
+from ditlab.core.errors import InputError
 from ditlab.core.kernels.reference import modulate as modulate  # the adaLN shift-and-scale, public in models
 from ditlab.core.models.positions import rope_tables, sincos_table
 
@@ -85,30 +86,30 @@ class DiTConfig:
 
     def validate(self) -> None:
         if self.token_kind not in TOKEN_KINDS:
-            raise ValueError(f"token_kind must be one of {sorted(TOKEN_KINDS)}, got {self.token_kind!r}")
+            raise InputError(f"token_kind must be one of {sorted(TOKEN_KINDS)}, got {self.token_kind!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise InputError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.pos_embed not in ("sincos", "rope", "none"):
-            raise ValueError(f"pos_embed must be 'sincos', 'rope' or 'none', got {self.pos_embed!r}")
+            raise InputError(f"pos_embed must be 'sincos', 'rope' or 'none', got {self.pos_embed!r}")
         if self.token_kind == "set" and self.pos_embed != "none":
             self.pos_embed = "none"  # sets are unordered: no positions by definition
         head_dim = self.hidden_size // self.num_heads
         if self.pos_embed == "rope" and head_dim % (2 * self.n_axes):
-            raise ValueError(f"RoPE over {self.n_axes} axes needs head_dim divisible by {2 * self.n_axes}, "
+            raise InputError(f"RoPE over {self.n_axes} axes needs head_dim divisible by {2 * self.n_axes}, "
                              f"got {head_dim}")
         if self.pos_embed == "sincos" and self.hidden_size % (2 * self.n_axes):
-            raise ValueError(f"sin-cos positions over {self.n_axes} axes need hidden_size divisible by "
+            raise InputError(f"sin-cos positions over {self.n_axes} axes need hidden_size divisible by "
                              f"{2 * self.n_axes}, got {self.hidden_size}")
         if any(self.window) and self.token_kind not in ("2d", "3d"):
-            raise ValueError(f"window attention is for 2d and 3d tokens, not {self.token_kind!r}")
+            raise InputError(f"window attention is for 2d and 3d tokens, not {self.token_kind!r}")
         if any(self.window) and self.context_dim:
-            raise ValueError("window attention cannot be combined with context tokens (joint attention)")
+            raise InputError("window attention cannot be combined with context tokens (joint attention)")
         if self.window_blocks is not None and any(not 0 <= b < self.depth for b in self.window_blocks):
-            raise ValueError(f"window_blocks must lie in [0, {self.depth}), got {self.window_blocks}")
+            raise InputError(f"window_blocks must lie in [0, {self.depth}), got {self.window_blocks}")
         if self.patch and min(self.patch) < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+            raise InputError(f"patch_size must be >= 1, got {self.patch_size}")
         if not 0.0 <= self.class_dropout_prob < 1.0:
-            raise ValueError(f"class_dropout_prob must lie in [0, 1), got {self.class_dropout_prob}")
+            raise InputError(f"class_dropout_prob must lie in [0, 1), got {self.class_dropout_prob}")
 
 
 def _per_axis(value: int | list[int] | tuple[int, ...], n_axes: int, name: str) -> tuple[int, ...]:
@@ -117,7 +118,7 @@ def _per_axis(value: int | list[int] | tuple[int, ...], n_axes: int, name: str) 
     if isinstance(value, int):
         return (value,) * n_axes
     if len(value) != n_axes:
-        raise ValueError(f"{name} needs {n_axes} values for this token kind, got {list(value)}")
+        raise InputError(f"{name} needs {n_axes} values for this token kind, got {list(value)}")
     return tuple(int(v) for v in value)
 
 
@@ -135,7 +136,7 @@ def preset_config(name: str, **overrides) -> DiTConfig:
     """A named size: 'S/2' is DiT-S with patch 2; 'DiT-XL/2', 'tiny/4' and plain 'B' (patch 2) work."""
     size, _, patch = name.removeprefix("DiT-").partition("/")
     if size not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; sizes are {list(PRESETS)} with an optional /patch")
+        raise InputError(f"unknown preset {name!r}; sizes are {list(PRESETS)} with an optional /patch")
     depth, hidden, heads = PRESETS[size]
     kw = {"depth": depth, "hidden_size": hidden, "num_heads": heads, "patch_size": int(patch or 2)}
     kw.update(overrides)
@@ -197,15 +198,15 @@ class Tokenizer(nn.Module):
         names = {"1d": "(B, C, L)", "2d": "(B, C, H, W)", "3d": "(B, C, D, H, W)", "set": "(B, N, C)"}
         rank = len(self.patch) + 2 if self.kind != "set" else 3
         if x.ndim != rank:
-            raise ValueError(f"expected a {self.kind} input {names[self.kind]}, got shape {tuple(x.shape)}")
+            raise InputError(f"expected a {self.kind} input {names[self.kind]}, got shape {tuple(x.shape)}")
         channels = x.shape[-1] if self.kind == "set" else x.shape[1]
         if channels != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} channels, got {channels} (input shape {tuple(x.shape)})")
+            raise InputError(f"expected {self.in_channels} channels, got {channels} (input shape {tuple(x.shape)})")
         if self.kind == "set":
             return (x.shape[1],)
         spatial = tuple(x.shape[2:])
         if any(s % p for s, p in zip(spatial, self.patch, strict=True)):
-            raise ValueError(f"spatial size {spatial} is not divisible by the patch size {self.patch}")
+            raise InputError(f"spatial size {spatial} is not divisible by the patch size {self.patch}")
         return tuple(s // p for s, p in zip(spatial, self.patch, strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -455,27 +456,27 @@ class DiT(ModelMixin, ConfigMixin):
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
-            raise ValueError(f"timestep must be a scalar or shape ({batch},), got shape {tuple(t.shape)}")
+            raise InputError(f"timestep must be a scalar or shape ({batch},), got shape {tuple(t.shape)}")
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             if class_labels is None:
                 class_labels = torch.full((batch,), cfg.num_classes, device=dev, dtype=torch.long)
             class_labels = torch.as_tensor(class_labels, device=dev).long()
             if class_labels.shape != (batch,):
-                raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}")
+                raise InputError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}")
             if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() > cfg.num_classes):
-                raise ValueError(f"class labels must lie in [0, {cfg.num_classes}] "
+                raise InputError(f"class labels must lie in [0, {cfg.num_classes}] "
                                  f"({cfg.num_classes} is the null class), got {class_labels.tolist()}")
             c = c + self.y_embedder(class_labels)
         elif class_labels is not None:
-            raise ValueError("class_labels given, but this model has num_classes=0")
+            raise InputError("class_labels given, but this model has num_classes=0")
         if self.cond_embedder is not None:
             if cond is None or cond.shape != (batch, cfg.cond_dim):
                 got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"expected cond of shape ({batch}, {cfg.cond_dim}), got {got}")
+                raise InputError(f"expected cond of shape ({batch}, {cfg.cond_dim}), got {got}")
             c = c + self.cond_embedder(cond.to(c.dtype))
         elif cond is not None:
-            raise ValueError("cond given, but this model has cond_dim=0")
+            raise InputError("cond given, but this model has cond_dim=0")
         return c
 
     def embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...], tuple | None]:
@@ -490,7 +491,7 @@ class DiT(ModelMixin, ConfigMixin):
             rope = tuple(r.to(tokens.device) for r in rope_tables(head_dim, grid, self.cfg.rope_theta))
         for blk in self.blocks:
             if blk.window is not None and any(g % w for g, w in zip(grid, blk.window, strict=True)):
-                raise ValueError(f"token grid {grid} is not divisible by the attention window {blk.window}")
+                raise InputError(f"token grid {grid} is not divisible by the attention window {blk.window}")
         return tokens, grid, rope
 
     def forward(
@@ -515,7 +516,7 @@ class DiT(ModelMixin, ConfigMixin):
         if cfg.context_dim:
             if context is None or context.ndim != 3 or context.shape[0] != b or context.shape[2] != cfg.context_dim:
                 got = None if context is None else tuple(context.shape)
-                raise ValueError(f"expected context tokens of shape ({b}, M, {cfg.context_dim}), got {got}")
+                raise InputError(f"expected context tokens of shape ({b}, M, {cfg.context_dim}), got {got}")
             ctx = self.context_embedder(context.to(tokens.dtype))
             cmask = self._key_mask(context_mask, b, ctx.shape[1], "context_mask")
             if key_mask is not None or cmask is not None:
@@ -523,7 +524,7 @@ class DiT(ModelMixin, ConfigMixin):
                 key_mask = torch.cat([key_mask if key_mask is not None else ones(tokens.shape[1]),
                                       cmask if cmask is not None else ones(ctx.shape[1])], dim=1)
         elif context is not None:
-            raise ValueError("context given, but this model has context_dim=0")
+            raise InputError("context given, but this model has context_dim=0")
         tokens = self.run_blocks(tokens, c, rope, grid, key_mask, ctx)
         out = self.final_layer(tokens, c)  # (B, T, prod(patch) * C_out)
         return self.x_embedder.unpatchify(out, grid, cfg.output_channels)
@@ -543,6 +544,6 @@ class DiT(ModelMixin, ConfigMixin):
         if mask is None:
             return None
         if mask.shape != (batch, n):
-            raise ValueError(f"{name} must have shape ({batch}, {n}), got {tuple(mask.shape)}")
+            raise InputError(f"{name} must have shape ({batch}, {n}), got {tuple(mask.shape)}")
         return mask.bool()
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ditlab.core.errors import InputError
 from ditlab.core.weights import load_state_dict
 
 if TYPE_CHECKING:
@@ -44,11 +45,11 @@ def _read_diffusers(model_or_path) -> tuple[dict, dict[str, torch.Tensor]]:
 def dit_from_diffusers(cls, model_or_path, dtype: torch.dtype = torch.float32):
     config, sd = _read_diffusers(model_or_path)
     if config.get("_class_name", "DiTTransformer2DModel") != "DiTTransformer2DModel":
-        raise ValueError(f"expected a DiTTransformer2DModel, got {config.get('_class_name')}")
+        raise InputError(f"expected a DiTTransformer2DModel, got {config.get('_class_name')}")
     if config.get("norm_type", "ada_norm_zero") != "ada_norm_zero":
-        raise ValueError(f"expected norm_type 'ada_norm_zero', got {config.get('norm_type')!r}")
+        raise InputError(f"expected norm_type 'ada_norm_zero', got {config.get('norm_type')!r}")
     if config.get("activation_fn", "gelu-approximate") != "gelu-approximate":
-        raise ValueError(f"expected activation_fn 'gelu-approximate', got {config.get('activation_fn')!r}")
+        raise InputError(f"expected activation_fn 'gelu-approximate', got {config.get('activation_fn')!r}")
     heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
     hidden, depth = heads * head_dim, config["num_layers"]
     sd = dict(sd)
@@ -57,7 +58,7 @@ def dit_from_diffusers(cls, model_or_path, dtype: torch.dtype = torch.float32):
         raise KeyError("missing key transformer_blocks.0.norm1.emb.class_embedder.embedding_table.weight")
     num_classes = config["num_embeds_ada_norm"]
     if table.shape[0] != num_classes + 1:
-        raise ValueError(f"expected a label table with a null class ({num_classes + 1} rows), got {table.shape[0]}")
+        raise InputError(f"expected a label table with a null class ({num_classes + 1} rows), got {table.shape[0]}")
     mlp_hidden = sd["transformer_blocks.0.ff.net.0.proj.weight"].shape[0]
     dit = cls(
         token_kind="2d", in_channels=config["in_channels"], out_channels=config.get("out_channels"),
@@ -87,7 +88,7 @@ def dit_from_diffusers(cls, model_or_path, dtype: torch.dtype = torch.float32):
             rest = name.removeprefix(_EMB.format(i=i))
             stem, _, wb = rest.rpartition(".")
             if stem not in shared_names or not torch.equal(sd.pop(name), out[f"{shared_names[stem]}.{wb}"]):
-                raise ValueError(f"block {i} has its own timestep/label embedder ({rest} differs from block 0); "
+                raise InputError(f"block {i} has its own timestep/label embedder ({rest} differs from block 0); "
                                  "ditlab's DiT shares one embedder across blocks, as the original DiT does")
     for i in range(depth):
         p, q = f"transformer_blocks.{i}.", f"blocks.{i}.x."
@@ -143,7 +144,7 @@ def dit_to_diffusers(dit: DiT) -> DiTTransformer2DModel:
     cfg = dit.cfg
     misfit = _diffusers_misfit(cfg)
     if misfit is not None:
-        raise ValueError(f"this DiT has no diffusers DiTTransformer2DModel equivalent: {misfit}")
+        raise InputError(f"this DiT has no diffusers DiTTransformer2DModel equivalent: {misfit}")
     ref = DiTTransformer2DModel(
         num_attention_heads=cfg.num_heads, attention_head_dim=cfg.hidden_size // cfg.num_heads,
         in_channels=cfg.in_channels, out_channels=cfg.out_channels, num_layers=cfg.depth,

@@ -11,13 +11,14 @@ import functools
 
 import torch
 
+from ditlab.core.errors import InputError
 from ditlab.core.kernels import apply_rope as apply_rope  # applies `rope_tables`; fused on CUDA
 
 
 def _axis_split(dim: int, n_axes: int) -> list[int]:
     """Split `dim` channels into `n_axes` even groups; the first (fastest) axis takes the rest."""
     if dim % 2:
-        raise ValueError(f"position encodings need an even channel count, got {dim}")
+        raise InputError(f"position encodings need an even channel count, got {dim}")
     base = (dim // n_axes) // 2 * 2
     return [dim - base * (n_axes - 1)] + [base] * (n_axes - 1)
 

@@ -14,6 +14,7 @@ from torch import nn
 from ditlab.core.diffusion import sample
 from ditlab.core.diffusion.guidance import null_kwargs
 from ditlab.core.diffusion.paths import Path
+from ditlab.core.errors import InputError
 from ditlab.core.parallel.ulysses import gather_cat
 
 
@@ -48,7 +49,7 @@ def sample_cfg_parallel(
                            "(see ditlab.core.parallel.init_from_env)")
     world = dist.get_world_size(group)
     if world != 2:
-        raise ValueError(f"CFG-parallel sampling needs a group of 2 ranks (conditional, unconditional), got {world}")
+        raise InputError(f"CFG-parallel sampling needs a group of 2 ranks (conditional, unconditional), got {world}")
     model_kwargs = dict(model_kwargs or {})
     if guidance_scale == 1.0:  # no unconditional branch: both ranks sample alone
         return sample(model, path, shape, model_kwargs=model_kwargs, **sample_kwargs)

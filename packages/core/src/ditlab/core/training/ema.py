@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from ditlab.core.errors import InputError
+
 
 class EMA:
     """A frozen copy of `model` that follows it: after each `update`, ema = decay * ema + (1 - decay) * p.
@@ -16,7 +18,7 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.999):
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+            raise InputError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
@@ -26,7 +28,7 @@ class EMA:
         ema_params, params = list(self.model.parameters()), list(model.parameters())
         ema_buffers, buffers = list(self.model.buffers()), list(model.buffers())
         if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
-            raise ValueError(
+            raise InputError(
                 f"EMA copy has {len(ema_params)} parameters and {len(ema_buffers)} buffers, "
                 f"the model {len(params)} and {len(buffers)}: expected the same architecture"
             )

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ditlab.core.errors import UsageError
+from ditlab.core.errors import InputError, UsageError
 
 from .ema import EMA
 
@@ -310,7 +310,7 @@ class Trainer:
         with acc.autocast():
             loss = self.loss_fn(self.model, batch, self._generator("loss", step, "cpu"))
         if loss.ndim != 0:
-            raise ValueError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
+            raise InputError(f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)}")
         acc.backward(loss)
         if self.config.grad_clip is not None:
             acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -355,7 +355,7 @@ class Trainer:
                 else:
                     yield batch
             if not seen:
-                raise ValueError("data yielded no batches (a one-shot iterator cannot cycle; pass a list)")
+                raise InputError("data yielded no batches (a one-shot iterator cannot cycle; pass a list)")
             epoch += 1
 
     def _log(self, t_window: float, batch_size: int | None) -> float:
