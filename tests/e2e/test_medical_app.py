@@ -20,9 +20,10 @@ def client(serve_app):
         yield c
 
 
-def reconstruct(client, upload=None, task="sparse-view", views=8, accel=4.0, methods=("fbp", "tv", "dds"), steps=2):
+def reconstruct(client, upload=None, task="sparse-view", views=8, accel=4.0, methods=("fbp", "tv", "dds"), steps=2,
+                cache="none"):
     """The app's outputs: (axial, coronal, sagittal, 3 slider values, metrics, notes, files)."""
-    return client.predict(upload, QUICK, task, views, accel, 0.01, list(methods), steps, 0, FULL_WINDOW,
+    return client.predict(upload, QUICK, task, views, accel, 0.01, list(methods), steps, 0, FULL_WINDOW, cache,
                           api_name="/reconstruct")
 
 
@@ -42,6 +43,15 @@ def test_reconstructs_the_quick_phantom(client):
     assert names == sorted(f"phantom-quick-64x64x32_{n}.nii.gz" for n in ("ground-truth", "fbp", "tv", "dds"))
     tv = nib.load(next(f for f in files if f.endswith("_tv.nii.gz")))
     assert tv.shape == (64, 64, 32) and np.allclose(tv.affine, phantom_affine((64, 64, 32)))
+
+
+def test_a_feature_cache_spends_fewer_network_evaluations(client):
+    *_, metrics, notes, files = reconstruct(client, methods=("dds",), steps=8, cache="taylorseer")
+    row = dict(zip(metrics["headers"], metrics["data"][0], strict=True))
+    assert row["NFE"] == 8 and row["NFE spent"] < 8  # TaylorSeer(4, 2): full calls 0, 1, 5 per chunk
+    assert "cache: taylorseer" in notes
+    with pytest.raises(Exception, match="ras"):  # not offered: the prior's window attention refuses RAS
+        reconstruct(client, methods=("dds",), steps=2, cache="ras")
 
 
 def test_mri_skips_fbp_with_a_note(client):

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ditlab.core.cli import cache_policy
 from ditlab.core.errors import InputError
 from ditlab.core.files import safe_stem
 from ditlab.core.ui import MODELS, Page, friendly_errors, guard_upload, progress_callback, request_dir
@@ -41,7 +42,8 @@ NIFTI_MAGIC = {".nii": (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00
                ".nii.gz": (b"\x1f\x8b",)}  # sizeof_hdr 348 (NIfTI-1) or 540 (NIfTI-2), either byte order; gzip
 PANEL = 256  # display pixels along the longest side of the volume
 COLUMNS = ["method", "PSNR (dB)", "PSNR axial", "PSNR coronal", "PSNR sagittal", "SSIM", "SSIM 3D", "residual",
-           "seconds", "NFE"]
+           "seconds", "NFE", "NFE spent"]
+CACHES = ("none", "taylorseer", "fora", "delta-dit", "first-block")  # core's named policies a windowed prior takes
 
 def _number(value: float | None, name: str) -> float:
     if value is None:
@@ -128,11 +130,14 @@ def render(state: dict | None, axial: float, coronal: float, sagittal: float, wi
 
 @friendly_errors
 def run_reconstruction(upload: str | None, sample: str, task: str, views: float, accel: float, noise: float,
-                       methods: list[str], steps: float, seed: float, window: str, progress=gr.Progress()):
+                       methods: list[str], steps: float, seed: float, window: str, cache: str = "none",
+                       progress=gr.Progress()):
     seed, noise = int(_number(seed, "seed")), _number(noise, "noise")
     acq = _acquisition(task, views, accel)
     if window not in WINDOWS:
         raise InputError(f"unknown window {window!r}; expected one of {list(WINDOWS)}")
+    if cache not in CACHES:
+        raise InputError(f"unknown feature cache {cache!r}; expected one of {list(CACHES)}")
     unknown = [m for m in methods if m not in METHOD_LABELS]
     if not methods or unknown:
         raise InputError(f"choose methods among {list(METHOD_LABELS)}, got {methods}")
@@ -156,17 +161,18 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
         files.append(save_volume(truth, out_dir / f"{stem}_ground-truth.nii.gz"))
     for i, method in enumerate(chosen):
         label = METHOD_LABELS[method]
-        prior = None
+        prior = policy = None
         if method in rec.DIT_METHODS:
             prior = SlicePrior(MODELS.get(PRIOR_NAME, load_prior), batch=16,
                                generator=torch.Generator().manual_seed(seed))
+            policy = cache_policy(cache)
         bar = progress_callback(progress, desc=f"{label} ({i + 1}/{len(chosen)})")
-        vol, result = rec.reconstruct_volume(meas, method, settings, prior=prior, seed=seed,
+        vol, result = rec.reconstruct_volume(meas, method, settings, prior=prior, seed=seed, cache=policy,
                                              progress=lambda done, total, bar=bar: bar(done - 1, total))
         m = evaluate(vol.data, truth.data, meas, result)
         rows.append([label, *(round(m[f"psnr{p}"], 2) for p in ("", "_axial", "_coronal", "_sagittal")),
                      *(round(m.get(k, float("nan")), 3) for k in ("ssim", "ssim3d")), round(m["residual"], 4),
-                     round(m["seconds"], 1), int(m["nfe"])])
+                     round(m["seconds"], 1), int(m["nfe"]), round(result.nfe_equivalent, 1)])
         volumes[label] = vol.data
         files.append(save_volume(vol, out_dir / f"{stem}_{method}.nii.gz"))
 
@@ -174,7 +180,8 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
     notes = [f"**{acq.describe()}**, noise {noise:g} x the RMS measurement, simulated from "
              f"{Path(truth.source).name} ({' x '.join(map(str, shape))} voxels of "
              f"{' x '.join(f'{s:g}' for s in truth.spacing)} mm). PSNR and SSIM on the window "
-             f"[{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}] HU; residual = ||A x - y|| / ||y||; NFE per slice."]
+             f"[{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}] HU; residual = ||A x - y|| / ||y||; NFE per slice; NFE spent: "
+             f"the network evaluations a feature cache left (cache: {cache})."]
     notes += [f"{METHOD_LABELS[m]} skipped: a CT method, not applicable to MRI." for m in skipped]
     state = {"volumes": volumes, "spacing": truth.spacing}
     middle = [shape[PLANES[p]] // 2 for p in PLANES]
@@ -207,6 +214,8 @@ def build_page() -> None:
             runs = ", ".join(f"{t} {rec.defaults(t).samples}" for t in TASKS)
             steps = gr.Slider(1, 100, value=tuned.steps * tuned.samples, step=1,
                               label=f"DiT network evaluations (NFE; fewer is faster; split into averaged runs: {runs})")
+            cache = gr.Dropdown(list(CACHES), value="none", label="Feature cache for the DiT methods (faster, "
+                                "slightly different: see BENCHMARKS.md)")
             seed = gr.Number(0, precision=0, label="Seed (sample phantom, noise, sampling)")
             button = gr.Button("Reconstruct", variant="primary")
         with gr.Column(scale=2):
@@ -222,7 +231,7 @@ def build_page() -> None:
                             file_count="multiple", interactive=False)
     task.change(lambda t: (gr.Number(visible=t != "mri"), gr.Number(visible=t == "mri")), task, [views, accel],
                 api_visibility="private")
-    button.click(run_reconstruction, [upload, sample, task, views, accel, noise, methods, steps, seed, window],
+    button.click(run_reconstruction, [upload, sample, task, views, accel, noise, methods, steps, seed, window, cache],
                  [state, *images, *sliders, metrics, notes, files], api_name="reconstruct")
     gr.on([s.input for s in sliders] + [window.input], render, [state, *sliders, window], images,
           api_visibility="private", trigger_mode="always_last")
