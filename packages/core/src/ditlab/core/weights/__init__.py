@@ -143,8 +143,8 @@ def resolve(name_or_path: str | Path, package: str = "ditlab.core") -> tuple[Pat
         if digest is None:
             raise ValueError(f"packaged weights {name_or_path!r} have no recorded sha256 in {root / SUMS_NAME}")
         return root / str(name_or_path), digest
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    raise FileNotFoundError(f"no weights folder at {name_or_path!r} and no packaged weights of that name "
+    names = sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+    raise FileNotFoundError(f"no weights folder at '{name_or_path}' and no packaged weights of that name "
                             f"in {package} (packaged: {names})")
 
 
