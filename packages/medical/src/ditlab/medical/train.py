@@ -26,6 +26,7 @@ from ditlab.core.training import Recipe, Trainer, export_resume, import_resume, 
 from ditlab.core.training.trainer import CHECKPOINT_NAME
 from ditlab.core.weights import package
 from ditlab.medical.data import make_phantom
+from ditlab.medical.metrics import psnr
 from ditlab.medical.models import PATH, PRIOR_NAME, TILE, n_params, prior_model
 from ditlab.medical.operators import hu_to_unit
 
@@ -117,8 +118,7 @@ def denoise_psnr(model: torch.nn.Module, ts: tuple[float, ...] = (0.05, 0.2, 0.5
     out = {}
     for t in ts:
         x0 = prior.x0(SlicePrior.to_path(x, t, torch.randn(x.shape, generator=g)), t).clamp(0, 1)
-        mse = ((x0 - x) ** 2).mean(dim=(1, 2))
-        out[t] = float((10 * torch.log10(1 / mse)).mean())
+        out[t] = float(np.mean([psnr(a, b, window=(0.0, 1.0)) for a, b in zip(x0, x, strict=True)]))  # per slice
     return out
 
 
