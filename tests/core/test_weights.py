@@ -29,6 +29,7 @@ def test_save_and_load_model(tmp_path):
     digest = save_model(m, tmp_path / "w", card="# card\n")
     assert len(digest) == 64 and (tmp_path / "w" / "README.md").exists()
     m2 = load_model(DiT, tmp_path / "w")
+    # stored weights: a lossless fp32 safetensors round trip, no arithmetic, so exactly equal on any CPU
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True))
 
 
@@ -117,6 +118,7 @@ def test_packaged_weights_are_verified_on_load(pkg):
     m = small()
     package(m, "w", pkg, "# card\n")
     loaded = load_model(DiT, "w", package=pkg)
+    # stored weights: a lossless fp32 safetensors round trip, no arithmetic, so exactly equal on any CPU
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), loaded.state_dict().values(), strict=True))
 
     (packaged_root(pkg) / "w" / "README.md").write_text("# a rewritten card\n")  # only the weights are hashed

@@ -116,17 +116,22 @@ def test_export_prior_resume_writes_the_training_folders_file(tmp_path, monkeypa
     assert export_prior_resume(tmp_path / "run", tmp_path / "other.safetensors") == tmp_path / "other.safetensors"
 
 
-def test_the_committed_resume_file_is_found_from_the_checkout_and_resumes_the_prior(tmp_path, monkeypatch):
+COMMITTED = REPO / "training" / "ct-prior.resume.safetensors"
+
+
+def test_the_resume_file_is_found_from_the_checkout_outside_every_package(monkeypatch):
     monkeypatch.delenv(TRAINING_DIR_ENV, raising=False)
     monkeypatch.chdir(REPO / "packages" / "medical")  # a package folder, with a pyproject.toml of its own
     file = resume_path(PRIOR_NAME)
-    assert file == REPO / "training" / "ct-prior.resume.safetensors"
+    assert file == COMMITTED
     assert REPO / "packages" not in file.parents  # in no package, so in no wheel
     assert Path(ditlab.medical.__file__).parent not in file.parents
-    if not file.is_file():
-        pytest.skip("ct-prior's training is finished: its resume file is deleted")
 
-    folder = import_resume(file, tmp_path / "run" / "checkpoint")
+
+@pytest.mark.skipif(not COMMITTED.is_file(), reason="ct-prior's training is finished: its resume file is deleted "
+                    "(training/README.md), so there is no committed file to resume")
+def test_the_committed_resume_file_resumes_the_prior(tmp_path):
+    folder = import_resume(COMMITTED, tmp_path / "run" / "checkpoint")
     step = load_checkpoint(folder, prior_model())["step"]
     with pytest.warns(UserWarning, match="AdamW moments restart"):
         trainer = Trainer(prior_model(), prior_loss, SliceData(), RECIPE.train_config(tmp_path / "run", steps=step + 1))

@@ -22,7 +22,7 @@ from ditlab.medical.acquisition import TASKS, Acquisition
 from ditlab.medical.data import SPACING, make_ood_volume, make_phantom, phantom_affine
 from ditlab.medical.io import NIFTI_SUFFIXES, Volume, VolumeError, load_volume, save_volume
 from ditlab.medical.metrics import PLANES, evaluate
-from ditlab.medical.models import PRIOR_NAME, SlicePrior, load_prior
+from ditlab.medical.models import CACHE_POLICIES, PRIOR_NAME, SlicePrior, load_prior
 from ditlab.medical.operators import HU_WINDOW
 
 SAMPLES = {  # name -> HU volume (X, Y, Z) for a seed; test seeds (0+) never met in training
@@ -43,7 +43,7 @@ NIFTI_MAGIC = {".nii": (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c", b"\x1c\x02\x00
 PANEL = 256  # display pixels along the longest side of the volume
 COLUMNS = ["method", "PSNR (dB)", "PSNR axial", "PSNR coronal", "PSNR sagittal", "SSIM", "SSIM 3D", "residual",
            "seconds", "NFE", "NFE spent"]
-CACHES = ("none", "taylorseer", "fora", "delta-dit", "first-block")  # core's named policies a windowed prior takes
+CACHES = ("none", *CACHE_POLICIES)
 
 def _number(value: float | None, name: str) -> float:
     if value is None:

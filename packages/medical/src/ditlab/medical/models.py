@@ -24,6 +24,9 @@ from ditlab.core.errors import InputError
 from ditlab.core.models import DiT
 
 PRIOR_NAME = "ct-prior"
+CACHE_POLICIES = ("taylorseer", "fora", "first-block", "delta-dit")
+"""Core's named cache policies (`ditlab.core.accel.policy`) this prior takes, the tuned one first: region-adaptive
+sampling needs global attention, and the prior's window attention refuses it."""
 TILE = 64  # pixels per window side: patch 4 x window 16
 PATH = FlowMatching(t_sampling="logit_normal", logit_mean=-0.4, logit_std=1.2)
 """x_t = (1 - t) x0 + t eps, velocity target; t weighted towards the low-noise half the solvers use most."""

@@ -342,9 +342,8 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
         for _ in range(s.samples):
             with prior.cached(cache, network_calls(method, s)) if cache is not None else contextlib.nullcontext():
                 runs.append(SOLVERS[method](yi, op, prior, s, g, tick, start))
-                if cache is not None:  # the mean over this slab's chunks of the evaluations they spent
-                    per_chunk = [cache.nfe_equivalent(c) for c in cache.context_stats]
-                    spent += sum(per_chunk) / max(1, len(per_chunk))
+                if cache is not None:  # the mean over this slab's chunks (one context each) of what they spent
+                    spent += cache.nfe_equivalent() / max(1, len(cache.states))
         out.append(torch.stack(runs).mean(0))
     nfe = (prior.calls - calls0) // max(1, slabs)
     return Result(torch.cat(out), method, time.perf_counter() - t0, nfe, asdict(s),
