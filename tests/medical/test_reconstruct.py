@@ -47,7 +47,8 @@ def case():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_reconstructs_a_tiny_volume(case, tiny_prior, method):
     vol, meas = case
-    s = defaults("sparse-view").replace(steps=3, samples=1, tv_iters=30, sirt_iters=20, tv3d_iters=10, slab=3)
+    s = defaults("sparse-view").replace(steps=3, samples=1, tv_iters=30, sirt_iters=20, tv3d_iters=10, slab=3,
+                                        safeguard=False)  # an untrained prior would be backed off (more calls)
     prior = make_prior(tiny_prior)
     rec, res = reconstruct_volume(meas, method, s, prior=prior)
     assert rec.data.shape == vol.shape
@@ -63,7 +64,7 @@ def test_dds_data_step_fits_the_measurements(case, tiny_prior):
     _, meas = case
     residual = {}
     for cg in (0, 10):
-        s = defaults("sparse-view").replace(steps=2, samples=1, cg_iters=cg, t_start=1.0)
+        s = defaults("sparse-view").replace(steps=2, samples=1, cg_iters=cg, t_start=1.0, safeguard=False)
         rec, res = reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior))
         residual[cg] = evaluate(rec.data, rec.data, meas, res)["residual"]
     assert residual[10] < 0.5 * residual[0]
@@ -83,7 +84,8 @@ def test_cache_reuses_features_per_chunk_of_a_slab_larger_than_a_chunk(tiny_prio
     shape reset the cache on every call and it never skipped anything). Fewer block evaluations, close result."""
     vol = make_phantom((32, 32, 8), seed=3)[:, :, 1:7]
     meas = simulate_volume(vol, Acquisition("sparse-view", 8), noise=0.01, seed=0)
-    s = defaults("sparse-view").replace(steps=8, samples=1, slab=6, tv_iters=30, init_iters=30)
+    s = defaults("sparse-view").replace(steps=8, samples=1, slab=6, tv_iters=30, init_iters=30,
+                                        safeguard=False)  # the cache, not the safeguard, is under test
     plain, ref = reconstruct_volume(meas, method, s, prior=make_prior(tiny_prior))
     policy = TaylorSeer(interval=2, order=1)
     cached, res = reconstruct_volume(meas, method, s, prior=make_prior(tiny_prior), cache=policy)
@@ -219,7 +221,7 @@ def test_bad_measurement_files(tmp_path, case):
 
 def test_averaged_samples_count_their_nfe_and_average(case, tiny_prior):
     _, meas = case
-    s = defaults("sparse-view").replace(steps=2, samples=1, t_start=1.0, eta=0.85, cg_iters=0)
+    s = defaults("sparse-view").replace(steps=2, samples=1, t_start=1.0, eta=0.85, cg_iters=0, safeguard=False)
     one = [reconstruct_volume(meas, "dds", s, prior=make_prior(tiny_prior), seed=k)[0].data for k in (1, 2)]
     avg, res = reconstruct_volume(meas, "dds", s.replace(samples=2), prior=make_prior(tiny_prior), seed=1)
     assert res.nfe == 4

@@ -14,6 +14,16 @@ child process (`run_in_child`: its own peak RSS).
 Feature caches: DDS on the whole test volume (8 views) uncached and with each of core's named cache policies
 (`ditlab.core.accel.policy`; RAS is left out, the prior's window attention refuses it), one after the other in
 this process: seconds, speed-up and PSNR loss against the uncached run, and the network evaluations spent.
+
+Out of distribution (`ood_runs`): every family of `families.FAMILIES` on its test seeds 0 and 1 (quick: 0),
+64 x 64 x 16, at CT 8 views and MRI x4, every method side by side; metrics are means over the seeds. TV's lambda
+is tuned per family and task on the family's validation seed 100 (the DiT methods keep `defaults(task)`, as a
+user would). DDS rows record how many slices the safeguard backed off; where it backed off any, "dds, no
+safeguard" shows what the prior alone gave.
+
+Fine-tuning (`finetune_runs`): an adapter trained (`finetune.finetune`, at most `FINETUNE_MINUTES`) on
+`FINETUNE_VOLUMES` volumes of one family drawn from its "user" seeds (never in the prior's training mix), then
+DDS with it against TV and the base prior on that family's test seeds at CT 8 views.
 """
 
 from __future__ import annotations
@@ -31,12 +41,14 @@ from ditlab.core.accel import policy
 from ditlab.core.bench import Report, run_in_child
 from ditlab.medical import Acquisition, defaults, evaluate, reconstruct_volume, simulate_volume
 from ditlab.medical.data import make_ood_volume, make_phantom
+from ditlab.medical.families import FAMILIES, family_affine, make_volume, split_seeds
 from ditlab.medical.models import CACHE_POLICIES, SlicePrior, load_prior
 from ditlab.medical.reconstruct import DIT_METHODS
 
 LAMBDAS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-METRICS = ("psnr", "psnr_axial", "psnr_coronal", "psnr_sagittal", "ssim", "ssim3d", "residual", "seconds", "nfe",
-           "peak_mb", "speedup", "psnr_loss", "nfe_equivalent")
+METRICS = ("psnr", "psnr_axial", "psnr_coronal", "psnr_sagittal", "psnr_volume", "ssim", "ssim3d", "residual",
+           "seconds", "nfe", "peak_mb", "speedup", "psnr_loss", "nfe_equivalent", "safeguard_backed_off",
+           "finetune_seconds", "adapter_kb")
 GOAL_SETTING, GOAL_METHOD = "CT 8 views", "dds"
 CACHE_TASK = "CT 8 views, DDS with feature caches"
 MAX_CACHE_LOSS = 0.3  # dB: the issue's bound on the PSNR a cache may cost
@@ -48,20 +60,26 @@ def _model():
     return load_prior()
 
 
-def _prior(method: str, batch: int, seed: int = 0) -> SlicePrior | None:
-    """What `reconstruct` would build for `method` from the packaged prior, on the process's one copy of it."""
+def _prior(method: str, batch: int, seed: int = 0, model=None) -> SlicePrior | None:
+    """What `reconstruct` would build for `method` from the packaged prior (or `model`), on the process's one copy
+    of it."""
     if method not in DIT_METHODS:
         return None
-    return SlicePrior(_model(), batch=batch, generator=torch.Generator().manual_seed(seed))
+    return SlicePrior(model or _model(), batch=batch, generator=torch.Generator().manual_seed(seed))
 
 
-def score(vol: np.ndarray, acq: Acquisition, method: str, tv_lambda: float | None = None, seed: int = 0) -> dict:
+def score(vol: np.ndarray, acq: Acquisition, method: str, tv_lambda: float | None = None, seed: int = 0,
+          model=None, **changes) -> dict:
     """Simulate `acq` of `vol` (1% noise), reconstruct it with `method` (the task's defaults, with `tv_lambda`
-    when given) and return `evaluate`'s metrics."""
+    when given, and `changes`) and return `evaluate`'s metrics (with the safeguard's count for DiT methods)."""
     meas = simulate_volume(vol, acq, noise=0.01, seed=seed)
     settings = defaults(acq.task) if tv_lambda is None else defaults(acq.task).replace(tv_lambda=tv_lambda)
-    rec, res = reconstruct_volume(meas, method, settings, prior=_prior(method, settings.batch))
-    return evaluate(rec.data, vol, meas, res)
+    settings = settings.replace(**changes)
+    rec, res = reconstruct_volume(meas, method, settings, prior=_prior(method, settings.batch, model=model))
+    out = evaluate(rec.data, vol, meas, res)
+    if res.safeguard.status != "off":
+        out["safeguard_backed_off"] = float(res.safeguard.backed_off)
+    return out
 
 
 def cache_runs(vol: np.ndarray, acq: Acquisition, policies: tuple[str, ...] = CACHE_POLICIES) -> dict[str, dict]:
@@ -100,6 +118,75 @@ PSNR); the 8-slice rows of the full run use them instead of re-tuning (`tune_tv`
 stay within an hour on 2 CPU cores. The goal setting is always tuned in the run."""
 
 
+OOD_SHAPE = (64, 64, 16)
+OOD_TASKS = {"CT 8 views": (Acquisition("sparse-view", 8), ("fbp", "sirt", "tv", "tv3d", "dds", "dps", "reddiff")),
+             "MRI x4": (Acquisition("mri", accel=4), ("tv", "tv3d", "dds", "dps", "reddiff"))}
+QUICK_METHODS = ("fbp", "tv", "dds")
+FINETUNE_FAMILY, FINETUNE_VOLUMES, FINETUNE_MINUTES = "head", 8, 10.0
+
+
+def _mean(runs: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if all(k in r for r in runs)}
+
+
+def tune_tv_family(family: str, acq: Acquisition, method: str = "tv") -> float:
+    """TV's lambda with the best PSNR on `family`'s validation seed 100 (never a test seed)."""
+    vol = make_volume(family, OOD_SHAPE, split_seeds("validation", 1)[0])
+    scores = {lam: score(vol, acq, method, lam, seed=100)["psnr"] for lam in LAMBDAS}
+    return max(scores, key=scores.get)
+
+
+def ood_runs(quick: bool, record: Callable[[str, str, dict], None]) -> dict[str, float]:
+    """Every OOD family x task x method on the test seeds (see the module docstring); returns the tuned lambdas."""
+    seeds = split_seeds("test", 1 if quick else 2)
+    lambdas = {}
+    for family in FAMILIES:
+        vols = [make_volume(family, OOD_SHAPE, s) for s in seeds]
+        for task, (acq, methods) in OOD_TASKS.items():
+            label = f"OOD {family}, {task}"
+            lam = lambdas[label] = tune_tv_family(family, acq)
+            for method in methods if not quick else [m for m in methods if m in QUICK_METHODS]:
+                runs = [score(v, acq, method, lam if method in ("tv", "tv3d") else None, seed=s)
+                        for v, s in zip(vols, seeds, strict=True)]
+                record(label, method, _mean(runs))
+                if method == "dds" and any(r.get("safeguard_backed_off", 0) for r in runs):
+                    bare = [score(v, acq, method, seed=s, safeguard=False) for v, s in zip(vols, seeds, strict=True)]
+                    record(label, "dds, no safeguard", _mean(bare))
+    return lambdas
+
+
+def finetune_runs(quick: bool, record: Callable[[str, str, dict], None], family: str = FINETUNE_FAMILY) -> str:
+    """Fine-tune on `FINETUNE_VOLUMES` "user" volumes of `family`, then TV, DDS and DDS + adapter on its test seeds at
+    CT 8 views (see the module docstring); returns the task label."""
+    import tempfile
+
+    from ditlab.medical.finetune import finetune, prepare_scans
+    from ditlab.medical.io import Volume, spacing_of
+
+    vols = []
+    for s in split_seeds("user", FINETUNE_VOLUMES):
+        hu = make_volume(family, OOD_SHAPE, s)
+        affine = family_affine(family, hu.shape, s)
+        vols.append(Volume(hu, affine, spacing_of(affine), source=f"{family} seed {s}"))
+    with tempfile.TemporaryDirectory(prefix="ditlab-finetune-") as tmp:
+        adapter = Path(tmp) / f"{family}.safetensors"
+        report = finetune(prepare_scans(vols), adapter, steps=20 if quick else None,
+                          minutes=None if quick else FINETUNE_MINUTES)
+        model = load_prior(adapter=adapter)
+    acq = OOD_TASKS["CT 8 views"][0]
+    label = f"fine-tuned on {FINETUNE_VOLUMES} {family} volumes, CT 8 views"
+    lam = tune_tv_family(family, acq)
+    seeds = split_seeds("test", 1 if quick else 2)
+    tests = [make_volume(family, OOD_SHAPE, s) for s in seeds]
+    for method, kw in (("tv", {"tv_lambda": lam}), ("dds", {}), ("dds + adapter", {"model": model})):
+        runs = [score(v, acq, method.split(" ")[0], seed=s, **kw) for v, s in zip(tests, seeds, strict=True)]
+        m = _mean(runs)
+        if method == "dds + adapter":
+            m |= {"finetune_seconds": report["seconds"], "adapter_kb": report["adapter_bytes"] / 1024}
+        record(label, method, m)
+    return label
+
+
 def settings_grid(quick: bool) -> list[tuple[str, Acquisition, tuple[str, ...], int]]:
     """(label, acquisition, methods, slices): the goal setting runs on the whole volume (0); the settings the
     issue also reports, DPS and RED-diff run on the 8 central slices (CPU time)."""
@@ -124,7 +211,8 @@ def _lambda(acq: Acquisition, shape: tuple[int, int, int], tune: bool) -> float:
     return VALIDATED_LAMBDA[acq.task if acq.task != "mri" else ("mri", float(acq.accel))]
 
 
-def add_goals(report: Report, results: dict[tuple[str, str], dict], ood_label: str, quick: bool) -> None:
+def add_goals(report: Report, results: dict[tuple[str, str], dict], ood_label: str, quick: bool,
+              finetune_label: str | None = None) -> None:
     """The issue's goals from the measured `results` ((setting, method) -> metrics)."""
 
     def best_tv(label: str) -> float:
@@ -134,6 +222,21 @@ def add_goals(report: Report, results: dict[tuple[str, str], dict], ood_label: s
     report.goal("8 views: DiT >= tuned TV + 3 dB", best_tv(GOAL_SETTING) + 3, dit["psnr"])
     report.goal("8 views: DiT >= FBP + 10 dB", results[(GOAL_SETTING, "fbp")]["psnr"] + 10, dit["psnr"])
     report.goal("OOD 8 views: DiT >= TV - 0.5 dB", best_tv(ood_label) - 0.5, results[(ood_label, "dds")]["psnr"])
+    for family in FAMILIES:
+        for task in OOD_TASKS:
+            label = f"OOD {family}, {task}"
+            if (label, "dds") in results:
+                report.goal(f"{label}, zero-shot: DiT >= tuned TV - 0.3 dB", best_tv(label) - 0.3,
+                            results[(label, "dds")]["psnr"])
+    mri = "MRI x4" if quick else "MRI x4, 8 slices"
+    if (mri, "dds") in results:
+        report.goal(f"{mri} in distribution: DiT >= TV-CS", results[(mri, "tv")]["psnr"], results[(mri, "dds")]["psnr"])
+    if finetune_label is not None:
+        tuned = results[(finetune_label, "dds + adapter")]
+        report.goal(f"{finetune_label}: DiT + adapter >= TV + 1.5 dB", results[(finetune_label, "tv")]["psnr"] + 1.5,
+                    tuned["psnr"])
+        report.goal("fine-tuning <= 600 s of this CPU", 600, tuned["finetune_seconds"], "lower")
+        report.goal("adapter <= 1 MB", 1024, tuned["adapter_kb"], "lower")
     report.goal("NFE <= 50", 50, dit["nfe"], "lower")
     cached = {k[1]: m for k, m in results.items() if k[0] == CACHE_TASK and k[1] != GOAL_METHOD}
     safe = [m["speedup"] for m in cached.values() if m["psnr_loss"] <= MAX_CACHE_LOSS]
@@ -182,8 +285,13 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
 
     for method, m in cache_runs(truth, acq8, CACHE_POLICIES[:1] if quick else CACHE_POLICIES).items():
         record(CACHE_TASK, method, m)
+    lambdas = ood_runs(quick, record)
+    finetune_label = finetune_runs(quick, record)
 
-    add_goals(report, results, ood_label, quick)
+    add_goals(report, results, ood_label, quick, finetune_label)
+    report.notes.append("OOD families: 64x64x16, test seeds " + ("0" if quick else "0 and 1 (means)") + "; TV lambdas "
+                        "tuned per family on validation seed 100: " + ", ".join(f"{k}: {v:g}" for k, v in
+                                                                                 lambdas.items()) + ".")
     report.notes.append(f"{'64x64x32' if quick else '128x128x64'} test phantom (seed 0); PSNR / SSIM on the "
                         f"[-1000, 1000] HU window, mean of the three planes; seconds and NFE per reconstruction"
                         + ("" if quick else f"; {GOAL_SETTING} / {GOAL_METHOD} in a child process (peak_mb: its "

@@ -58,6 +58,34 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out must end with .nii or .nii.gz, got {out}")
 
 
+def _check_adapter(adapter: Path | None, weights: Path | None) -> None:
+    """Refuse an adapter file that is missing, not an adapter, or made for another prior, before any volume is read."""
+    if adapter is None:
+        return
+    from ditlab.core.training.peft import read_adapter_meta
+    from ditlab.medical.models import prior_identity
+
+    meta = read_adapter_meta(adapter)
+    name, digest = prior_identity(weights)
+    if meta["base_sha256"] != digest:
+        raise UsageError(f"--adapter {adapter} belongs to the prior {meta['base_name']!r} (sha256 "
+                         f"{meta['base_sha256'][:12]}), not to {name!r} (sha256 {digest[:12]}); expected an adapter "
+                         "fine-tuned from the prior in use (see --weights)")
+
+
+def _figures(vol, truth, meas, res) -> dict:
+    """The metrics of a reconstruction (against the truth when the input was a volume) and the safeguard's verdict."""
+    from ditlab.medical.metrics import evaluate
+
+    figures = evaluate(vol.data, truth, meas, res) if truth is not None else {"seconds": res.seconds,
+                                                                              "nfe": float(res.nfe)}
+    if res.safeguard.status != "off":
+        figures["safeguard"] = res.safeguard.status
+        figures["safeguard_backed_off"] = res.safeguard.backed_off
+        figures["safeguard_message"] = res.safeguard.message
+    return figures
+
+
 def _measure(path: Path, acq, noise: float, seed: int):
     """A measurement file as it is, or a volume measured with `acq`: (Measurement, ground truth or None)."""
     from ditlab.medical.io import load_measurement, load_volume
@@ -69,11 +97,15 @@ def _measure(path: Path, acq, noise: float, seed: int):
     return simulate_volume(vol, acq, noise=noise, seed=seed), vol.data
 
 
-class _Prior:
-    """The packaged prior (or --weights), loaded once when a DiT method first needs it."""
+ADAPTER_OPT = typer.Option(None, "--adapter", help="A fine-tuning adapter (.safetensors from `ditlab medical "
+                           "finetune`) applied to the prior; one made for another prior is refused.")
 
-    def __init__(self, weights: Path | None, seed: int, device: str = "auto") -> None:
-        self.weights, self.seed, self.device, self._prior = weights, seed, device, None
+
+class _Prior:
+    """The packaged prior (or --weights, with --adapter), loaded once when a DiT method first needs it."""
+
+    def __init__(self, weights: Path | None, seed: int, device: str = "auto", adapter: Path | None = None) -> None:
+        self.weights, self.seed, self.device, self.adapter, self._prior = weights, seed, device, adapter, None
 
     def __call__(self, method: str):
         from ditlab.medical.reconstruct import DIT_METHODS
@@ -85,7 +117,7 @@ class _Prior:
 
             from ditlab.medical.models import SlicePrior, load_prior
 
-            model = load_prior(self.weights, device=self.device)
+            model = load_prior(self.weights, device=self.device, adapter=self.adapter)
             self._prior = SlicePrior(model, generator=torch.Generator().manual_seed(self.seed))
         return self._prior
 
@@ -145,20 +177,21 @@ def reconstruct(
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
     steps: int = typer.Option(None, help=STEPS_HELP),
-    cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, seed: int = SEED_OPT, threads: int = THREADS_OPT,
-    device: str = DEVICE_OPT,
+    cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, adapter: Path = ADAPTER_OPT, seed: int = SEED_OPT,
+    threads: int = THREADS_OPT, device: str = DEVICE_OPT,
     metrics: Path = JSON_OPT,
 ) -> None:
-    """Reconstruct one volume. A volume input is measured first (--task ...) and scored against itself."""
+    """Reconstruct one volume. A volume input is measured first (--task ...) and scored against itself. The DiT
+    methods' result is checked against the measurements (the safeguard) and the verdict printed."""
     from ditlab.core.files import write_json
     from ditlab.medical.io import save_volume
-    from ditlab.medical.metrics import evaluate
     from ditlab.medical.reconstruct import reconstruct_volume
 
     _check_out(out)
     acq = _acquisition(task, views, angles, accel, mask, geometry)
     _settings(acq.task, steps)  # bad options fail before the volume is read
     policy = cache_policy(cache)
+    _check_adapter(adapter, weights)
     dev = setup_run(threads, device)
     meas, truth = _measure(source, acq, noise, seed)
     settings = _settings(meas.acquisition.task, steps)  # a measurement file brings its own task
@@ -167,12 +200,13 @@ def reconstruct(
             bar.length = total
             bar.update(done - bar.pos)
 
-        vol, res = reconstruct_volume(meas, method, settings, prior=_Prior(weights, seed, dev)(method), seed=seed,
-                                      progress=progress, cache=policy)
+        vol, res = reconstruct_volume(meas, method, settings, prior=_Prior(weights, seed, dev, adapter)(method),
+                                      seed=seed, progress=progress, cache=policy)
     save_volume(vol, out)
-    figures = evaluate(vol.data, truth, meas, res) if truth is not None else {"seconds": res.seconds,
-                                                                              "nfe": float(res.nfe)}
-    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+    figures = _figures(vol, truth, meas, res)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items() if isinstance(v, float)))
+    if res.safeguard.status != "off":
+        typer.echo(res.safeguard.message)
     if metrics is not None:
         write_json(metrics, figures)
 
@@ -185,15 +219,15 @@ def batch(
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
     steps: int = typer.Option(None, help=STEPS_HELP),
-    cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, seed: int = SEED_OPT, threads: int = THREADS_OPT,
-    device: str = DEVICE_OPT,
+    cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, adapter: Path = ADAPTER_OPT, seed: int = SEED_OPT,
+    threads: int = THREADS_OPT, device: str = DEVICE_OPT,
     engine: str = typer.Option("local", help="local | ray"),
     resume: bool = typer.Option(True, help="Skip inputs already done according to the manifest."),
 ) -> None:
-    """Reconstruct every volume of a folder; a failing file is recorded in the manifest and the batch goes on."""
+    """Reconstruct every volume of a folder; a failing file is recorded in the manifest and the batch goes on. The
+    safeguard's verdict of each DiT reconstruction is printed and recorded in the manifest."""
     from ditlab.core.batch import items_from_folder, run_batch
     from ditlab.medical.io import MEASUREMENT_SUFFIX, NIFTI_SUFFIXES, save_volume, volume_stem
-    from ditlab.medical.metrics import evaluate
     from ditlab.medical.reconstruct import METHODS, reconstruct_volume
 
     if method not in METHODS:
@@ -201,21 +235,23 @@ def batch(
     acq = _acquisition(task, views, angles, accel, mask, geometry)
     _settings(acq.task, steps)
     cache_policy(cache)  # an unknown name fails before the first volume
+    _check_adapter(adapter, weights)
     dev = setup_run(threads, device)
     items = items_from_folder(in_dir, out_dir, (*NIFTI_SUFFIXES, MEASUREMENT_SUFFIX),
                               lambda p: f"{volume_stem(p)}_{method}.nii.gz", include_dirs=True)
-    prior = _Prior(weights, seed, dev)
+    prior = _Prior(weights, seed, dev, adapter)
 
     def predict(item) -> dict:
         meas, truth = _measure(Path(item.input), acq, noise, seed)
         vol, res = reconstruct_volume(meas, method, _settings(meas.acquisition.task, steps), prior=prior(method),
                                       seed=seed, cache=cache_policy(cache))
         save_volume(vol, item.output)
-        return evaluate(vol.data, truth, meas, res) if truth is not None else {"nfe": res.nfe}
+        return _figures(vol, truth, meas, res)
 
     def echo(rec: dict) -> None:
         status = "ok" if rec["status"] == "ok" else f"FAILED ({rec['error']})"
-        typer.echo(f"{rec['id']}: {status} in {rec['seconds']:.1f} s")
+        guard = f"; {rec['safeguard_message']}" if "safeguard_message" in rec else ""
+        typer.echo(f"{rec['id']}: {status} in {rec['seconds']:.1f} s{guard}")
 
     report = run_batch(items, predict, out_dir, engine=engine, resume=resume, on_item=echo)
     typer.echo(report.summary())
@@ -232,6 +268,45 @@ def benchmark(
     from ditlab.medical.bench import run_benchmark
 
     run_benchmark(quick=quick, json_path=json_path, threads=threads)
+
+
+@app.command()
+def finetune(
+    scans: Path = typer.Argument(..., help="Folder of your own reconstructed scans (.nii/.nii.gz files or DICOM "
+                                 "series sub-folders), at least 2, in HU."),
+    out: Path = typer.Option(..., help="Adapter file to write (.safetensors, a few hundred KB)."),
+    steps: int = typer.Option(None, help="Optimizer steps (default: the recipe's 400; a resumed run continues)."),
+    minutes: float = typer.Option(None, help="Stop after this many minutes of training (the adapter is written)."),
+    weights: Path = WEIGHTS_OPT, threads: int = THREADS_OPT, json_path: Path = JSON_OPT,
+) -> None:
+    """Fine-tune the CT prior on your own scans into a small adapter (resumable: rerun the same command).
+    Use it with --adapter on `reconstruct` and `batch`."""
+    from ditlab.core.files import write_json
+    from ditlab.medical.finetune import RECIPE, load_scans
+    from ditlab.medical.finetune import finetune as run
+
+    if not out.name.endswith(".safetensors"):
+        raise UsageError(f"--out must end with .safetensors, got {out}")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {steps}")
+    if minutes is not None and minutes <= 0:
+        raise UsageError(f"--minutes must be > 0, got {minutes}")
+    setup_run(threads, "cpu")
+    data = load_scans(scans)
+    if data.resampled:
+        typer.echo(f"resampled {len(data.resampled)} of {len(data.sources)} scans in-plane to {data.spacing:.3g} mm")
+    total = steps or RECIPE.steps
+    with typer.progressbar(length=total, label=f"fine-tuning on {len(data.sources)} scans ({data.n_slices} slices)") \
+            as bar:
+        def progress(step: int, _total: int, _loss: float) -> None:
+            bar.update(step - bar.pos)
+
+        report = run(data, out, steps=total, weights=weights, minutes=minutes, progress=progress)
+    typer.echo(f"wrote {out}: {report['adapter_bytes'] / 1024:.0f} KB, {report['step']} steps in "
+               f"{report['seconds']:.0f} s, loss {report['loss']:.4g}, for {report['base']} "
+               f"(sha256 {report['base_sha256'][:12]})")
+    if json_path is not None:
+        write_json(json_path, report)
 
 
 @app.command()

@@ -39,11 +39,26 @@ def prior_model(hidden: int = 192, depth: int = 6, heads: int = 3) -> DiT:
                window_blocks=list(range(depth)))
 
 
-def load_prior(weights: str | Path | None = None, device: str | torch.device = "cpu") -> DiT:
-    """The packaged CT slice prior (sha256-verified), or a weights folder (`config.json` + safetensors)."""
+def prior_identity(weights: str | Path | None = None) -> tuple[str, str]:
+    """(name, sha256 of the weights file) of the packaged prior or of a weights folder: what an adapter is for."""
+    from ditlab.core.weights import resolve, sha256_file, weights_file
+
+    folder, digest = resolve(weights or PRIOR_NAME, package="ditlab.medical")
+    name = PRIOR_NAME if weights is None or str(weights) == PRIOR_NAME else str(folder)
+    return name, digest or sha256_file(weights_file(folder))
+
+
+def load_prior(weights: str | Path | None = None, device: str | torch.device = "cpu",
+               adapter: str | Path | None = None) -> DiT:
+    """The packaged CT slice prior (sha256-verified), or a weights folder (`config.json` + safetensors), with a
+    fine-tuning adapter (`ditlab medical finetune`) applied when given: one made for another prior is refused."""
+    from ditlab.core.training.peft import load_adapter, merge_adapter
     from ditlab.core.weights import load_model
 
     model = load_model(DiT, weights or PRIOR_NAME, package="ditlab.medical", device=device)
+    if adapter is not None:  # merged: the adapted prior runs as fast as the base, and feature caches see a plain DiT
+        name, digest = prior_identity(weights)
+        model = merge_adapter(load_adapter(model.float(), adapter, expect_digest=digest, expect_name=name))
     return model.float().eval()
 
 

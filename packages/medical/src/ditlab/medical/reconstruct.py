@@ -15,6 +15,13 @@ scale across view counts and sizes.
   w_t <sg(eps_hat - eps), mu>.
 
 Volumes of any depth run in slabs of `slab` slices (z-coupling inside a slab), so memory stays bounded.
+
+The safeguard (`Settings.safeguard`, on by default): a DiT result is checked slice by slice against the
+measurements by the discrepancy principle. A slice is accepted when its relative residual ||A x - y|| / ||y||
+is at most `tau` x max(noise level, the classical TV solution's residual): as consistent as the known noise
+allows, or as the classical solution is. A slice that fails is backed off: rerun with a later start (half the
+start time, the prior's weight smaller), and where it still fails, replaced by the TV solution. The verdict
+(`Result.safeguard`, `Verdict`) says how many slices were backed off and why.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ from ditlab.medical.metrics import evaluate
 from ditlab.medical.models import PATH
 from ditlab.medical.operators import MRI, Operator, gradient, gradient_adjoint, slices_to_volume
 
-__all__ = ["METHODS", "DIT_METHODS", "Acquisition", "Measurement", "Result", "Settings", "defaults", "evaluate",
-           "reconstruct", "reconstruct_volume", "simulate_volume"]
+__all__ = ["METHODS", "DIT_METHODS", "Acquisition", "Measurement", "Result", "Settings", "Verdict", "defaults",
+           "evaluate", "reconstruct", "reconstruct_volume", "simulate_volume"]
 
 METHODS = ("dds", "dps", "reddiff", "fbp", "sirt", "tv", "tv3d")
 DIT_METHODS = ("dds", "dps", "reddiff")
@@ -78,6 +85,8 @@ class Settings:
     slab: int = 32  # slices reconstructed together (z-coupling inside a slab)
     batch: int = 16  # slices per network call
     z_weight: float = 1.0  # z differences' weight in TV (slice spacing is folded in by the caller if wanted)
+    safeguard: bool = True  # DiT methods: check each slice by the discrepancy principle and back off (see above)
+    tau: float = 2.0  # the safeguard's tolerance on the residual, x max(noise level, classical residual)
 
     def replace(self, **kw) -> Settings:
         unknown = set(kw) - set(asdict(self))
@@ -98,6 +107,8 @@ class Settings:
             raise InputError(f"samples must be >= 1, got {self.samples}")
         if self.slab < 1 or self.batch < 1:
             raise InputError(f"slab and batch must be >= 1, got {self.slab}, {self.batch}")
+        if self.tau < 1:
+            raise InputError(f"tau must be >= 1 (a residual bound of at least the noise level), got {self.tau}")
 
 
 _WARM = {"steps": 10, "samples": 3, "t_start": 0.25, "eta": 0.5, "tv_inplane": 1.0, "z_weight": 5.0}
@@ -275,6 +286,41 @@ def network_calls(method: str, s: Settings) -> int:
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
+class Verdict:
+    """What the safeguard found: per-slice residuals against their bounds, and what it did about the failures."""
+
+    status: str  # "passed" | "backed off" | "off" (not checked: a classical method, or the safeguard disabled)
+    slices: int = 0
+    later_start: int = 0  # slices rerun with a later start (and passed then)
+    classical: int = 0  # slices replaced by the TV solution
+    residual: float = float("nan")  # max over slices of the DiT result's relative residual (before backing off)
+    bound: float = float("nan")  # the bound of that slice
+    noise: float = 0.0  # the relative noise level the bound used (0: unknown)
+    classical_residual: float = float("nan")  # median over slices of the TV solution's residual
+    tau: float = 2.0
+
+    @property
+    def backed_off(self) -> int:
+        return self.later_start + self.classical
+
+    @property
+    def message(self) -> str:
+        if self.status == "off":
+            return "safeguard: not applied"
+        if self.status == "passed":
+            return (f"safeguard: passed on all {self.slices} slices (residual <= {self.tau:g} x max(noise "
+                    f"{self.noise:.3g}, TV's residual ~{self.classical_residual:.3g}))")
+        parts = [f"{n} {what}" for n, what in ((self.later_start, "rerun with a later start"),
+                                               (self.classical, "replaced by the TV solution")) if n]
+        return (f"safeguard: BACKED OFF on {self.backed_off} of {self.slices} slices, less consistent with the "
+                f"measurements than the noise allows (worst residual {self.residual:.3g} > {self.bound:.3g}): "
+                + ", ".join(parts))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "message": self.message}
+
+
+@dataclass
 class Result:
     """A reconstruction: slices (Z, H, W) in window units, and how it was made."""
 
@@ -284,15 +330,68 @@ class Result:
     nfe: int  # network calls per slice
     settings: dict = field(default_factory=dict)
     nfe_equivalent: float = 0.0  # network evaluations actually spent per slice (fewer than nfe with a cache)
+    safeguard: Verdict = field(default_factory=lambda: Verdict("off"))
+
+
+def _residuals(x: torch.Tensor, op: Operator, y: torch.Tensor) -> torch.Tensor:
+    """Relative data residual ||A x_i - y_i|| / ||y_i|| of each slice."""
+    with torch.no_grad():
+        return (op.forward(x) - y).abs().flatten(1).norm(dim=1) / y.abs().flatten(1).norm(dim=1).clamp(min=1e-12)
+
+
+class _Guard:
+    """The safeguard's bookkeeping over the slabs of one reconstruction."""
+
+    def __init__(self, s: Settings, noise: float | None) -> None:
+        self.s, self.noise = s, float(noise or 0.0)
+        self.res: list[torch.Tensor] = []
+        self.bounds: list[torch.Tensor] = []
+        self.cls_res: list[torch.Tensor] = []
+        self.later = self.classical = self.calls = 0
+
+    def check(self, yi: torch.Tensor, op: Operator, x: torch.Tensor, reference: torch.Tensor,
+              start: torch.Tensor | None, method: str, prior, g: torch.Generator) -> torch.Tensor:
+        """`x` with the slices that fail the discrepancy bound backed off (`reference`: the TV solution; `start`:
+        the DiT run's starting point, if any)."""
+        r, r_cls = _residuals(x, op, yi), _residuals(reference, op, yi)
+        bound = self.s.tau * torch.clamp(r_cls, min=self.noise)
+        self.res.append(r), self.bounds.append(bound), self.cls_res.append(r_cls)
+        bad = (r > bound).nonzero().flatten()
+        if len(bad) == 0:
+            return x
+        x = x.clone()
+        if self.s.t_start > 0.02:  # a later start: closer to the classical solution, less of the prior
+            later = self.s.replace(t_start=self.s.t_start / 2)
+            calls0 = prior.calls
+            retry = SOLVERS[method](yi[bad], op, prior, later, g, lambda: None,
+                                    (reference if start is None else start)[bad])
+            self.calls += prior.calls - calls0
+            ok = _residuals(retry, op, yi[bad]) <= bound[bad]
+            x[bad[ok]] = retry[ok]
+            self.later += int(ok.sum())
+            bad = bad[~ok]
+        if len(bad):  # the classical solution, as the TV method computes it
+            x[bad] = tv_pdhg_2d(yi[bad], op, self.s.tv_lambda, self.s.tv_iters).clamp(0, 1)
+            self.classical += len(bad)
+        return x
+
+    def verdict(self) -> Verdict:
+        r, bound, r_cls = torch.cat(self.res), torch.cat(self.bounds), torch.cat(self.cls_res)
+        worst = int(torch.argmax(r / bound))
+        status = "backed off" if self.later + self.classical else "passed"
+        return Verdict(status, len(r), self.later, self.classical, float(r[worst]), float(bound[worst]), self.noise,
+                       float(r_cls.median()), self.s.tau)
 
 
 def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Settings | None = None,
-                prior=None, seed: int = 0, progress: Progress = None, cache=None) -> Result:
+                prior=None, seed: int = 0, progress: Progress = None, cache=None, noise: float | None = None) -> Result:
     """Reconstruct slices (Z, H, W) in window units from measurements y (Z, ...) of `op`.
 
     `method` is one of `METHODS`. The DiT methods use `prior` (a `SlicePrior`, or None for the packaged
     ct-prior), run slab by slab, and report NFE per slice; `cache` (a `ditlab.core.accel` policy) reuses
     transformer features across the steps of each slab. `progress(done, total)` is called after each step.
+    With `settings.safeguard` each DiT slice is checked against `noise` (the measurements' relative noise level;
+    None: unknown, the classical solution's residual stands in) and backed off where it fails (`Result.safeguard`).
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -334,20 +433,27 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
             progress(done[0], total)
 
     calls0, spent, slabs = prior.calls, 0.0, math.ceil(n / s.slab)
+    guard = _Guard(s, noise) if s.safeguard else None
     out = []
     for i in range(0, n, s.slab):
         yi, runs = y[i:i + s.slab], []
         # the classical start is deterministic: computed once per slab, shared by the averaged runs
         start = _init(yi, op, s) if method == "reddiff" or s.t_start < 1 else None
+        reference = None  # the safeguard's classical solution: TV, the DiT's own start when that is TV
+        if guard is not None:
+            reference = start if start is not None and s.init == "tv" else tv_pdhg_2d(
+                yi, op, s.tv_lambda, s.init_iters).clamp(0, 1)
         for _ in range(s.samples):
             with prior.cached(cache, network_calls(method, s)) if cache is not None else contextlib.nullcontext():
                 runs.append(SOLVERS[method](yi, op, prior, s, g, tick, start))
                 if cache is not None:  # the mean over this slab's chunks (one context each) of what they spent
                     spent += cache.nfe_equivalent() / max(1, len(cache.states))
-        out.append(torch.stack(runs).mean(0))
-    nfe = (prior.calls - calls0) // max(1, slabs)
+        x = torch.stack(runs).mean(0)
+        out.append(x if guard is None else guard.check(yi, op, x, reference, start, method, prior, g))
+    nfe = (prior.calls - calls0 - (guard.calls if guard is not None else 0)) // max(1, slabs)
     return Result(torch.cat(out), method, time.perf_counter() - t0, nfe, asdict(s),
-                  spent / slabs if cache is not None else float(nfe))
+                  spent / slabs if cache is not None else float(nfe),
+                  guard.verdict() if guard is not None else Verdict("off"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,7 +476,8 @@ def reconstruct_volume(meas: Measurement, method: str = "dds", settings: Setting
                        seed: int = 0, progress: Progress = None, cache=None) -> tuple[Volume, Result]:
     """Reconstruct a measured volume: a `Volume` in HU with the measured volume's affine and orientation."""
     s = settings or defaults(meas.acquisition.task)
-    res = reconstruct(meas.y, meas.operator, method, s, prior=prior, seed=seed, progress=progress, cache=cache)
+    res = reconstruct(meas.y, meas.operator, method, s, prior=prior, seed=seed, progress=progress, cache=cache,
+                      noise=meas.noise)
     hu = slices_to_volume(res.slices)
     return Volume(hu, meas.affine, spacing_of(meas.affine), source=f"{method} of {meas.source}",
                   original_affine=meas.original_affine), res

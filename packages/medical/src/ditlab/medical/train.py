@@ -1,10 +1,13 @@
 """The recipe that trains the shipped CT slice prior (`ditlab medical train`), in resumable chunks.
 
-Data: axial slices of procedural phantoms (`data.make_phantom`) from training seeds that never meet the
-validation (100+) and test (0+) seeds: 64 x 64 crops of 128 x 128 x 64 phantoms (random position and
-left-right flip) and whole slices of 64 x 64 x 32 phantoms, 3:1, in [-1, 1]. The phantoms come from a
-pool of 64 + 64 volumes that slides by 8 new seeds every 250 steps, so the data a step sees is a function
-of the step alone and a resumed run sees what an uninterrupted one would.
+Data: axial slices of procedural volumes from training seeds that never meet the validation (100+) and test
+(0+) seeds, in [-1, 1]. Up to step `MIX_FROM` (the first 5800 steps): torso phantoms (`data.make_phantom`)
+only, 64 x 64 crops of 128 x 128 x 64 phantoms (random position and left-right flip) and whole slices of
+64 x 64 x 32 phantoms, 3:1. From `MIX_FROM` on, the broad mix `MIX`: half of each batch is torso slices as
+before, the other half slices of the `families` generators (ellipses, texture, head, and the natural-image-
+like `leaves`), whole 64 x 64 slices and 64 x 64 crops of 128 x 128 slices. Every source draws from a pool of
+volumes that slides by new seeds every 250 steps, so the data a step sees is a function of the step alone
+and a resumed run sees what an uninterrupted one would.
 
 Training runs for as long as it is let run and resumes from `out/checkpoint` (float32, with AdamW moments).
 Between sessions on different machines the run travels as one half-precision file of weights + EMA, the
@@ -26,6 +29,7 @@ from ditlab.core.training import Recipe, Trainer, export_resume, import_resume, 
 from ditlab.core.training.trainer import CHECKPOINT_NAME
 from ditlab.core.weights import package
 from ditlab.medical.data import make_phantom
+from ditlab.medical.families import SPLITS, TRAIN_FAMILIES, make_volume
 from ditlab.medical.metrics import psnr
 from ditlab.medical.models import PATH, PRIOR_NAME, TILE, n_params, prior_model
 from ditlab.medical.operators import hu_to_unit
@@ -33,6 +37,11 @@ from ditlab.medical.operators import hu_to_unit
 TRAIN_SEED, QUICK_SEED = 100_000, 200_000
 POOL, SLIDE, REFRESH = 64, 8, 250
 QUICK_SHARE = 0.25  # share of each batch that is whole slices of the small phantoms
+MIX_FROM = 5800  # the step the broad mix starts at (where the torso-only run had reached)
+MIX = {"full": 8, "quick": 8, **{f: 4 for f in TRAIN_FAMILIES}}
+"""Slices per batch of each source in the broad mix (a batch of 32)."""
+FAMILY_POOL, FAMILY_SLIDE = 32, 4
+FAMILY_SHAPES = ((64, 64, 16), (128, 128, 8))  # even seeds whole slices, odd seeds 64 x 64 crops
 RECIPE = Recipe(batch=32, lr=3e-4, warmup=200, ema_decay=0.999, grad_clip=1.0, precision="bf16",
                 checkpoint_every=100, log_every=25)
 
@@ -42,31 +51,51 @@ class SliceData:
 
     def __init__(self, batch: int = RECIPE.batch, quick_share: float = QUICK_SHARE,
                  full_shape: tuple[int, int, int] = (128, 128, 64), quick_shape: tuple[int, int, int] = (64, 64, 32),
-                 pool: int = POOL) -> None:
+                 pool: int = POOL, mix_from: int = MIX_FROM, mix: dict[str, int] | None = None) -> None:
         self.batch, self.n_quick = batch, int(round(batch * quick_share))
         self.full_shape, self.quick_shape, self.pool = full_shape, quick_shape, pool
+        self.mix_from = mix_from
+        mix = dict(MIX if mix is None else mix)
+        total = sum(mix.values())
+        # the mix scaled to the batch (the torso sources take what rounding leaves)
+        self.mix = {k: int(v * batch // total) for k, v in mix.items() if k not in ("full", "quick")}
+        rest = batch - sum(self.mix.values())
+        self.mix = {"quick": rest // 2, "full": rest - rest // 2, **self.mix}
         self._cache: dict[tuple[str, int], np.ndarray] = {}
 
     def _slices(self, kind: str, seed: int) -> np.ndarray:
         key = (kind, seed)
         if key not in self._cache:
-            shape = self.full_shape if kind == "full" else self.quick_shape
-            unit = hu_to_unit(np.moveaxis(make_phantom(shape, seed=seed), 2, 0))  # (Z, X, Y) in [0, 1]
+            if kind in ("full", "quick"):
+                shape = self.full_shape if kind == "full" else self.quick_shape
+                hu = make_phantom(shape, seed=seed)
+            else:
+                hu = make_volume(kind, FAMILY_SHAPES[seed % 2], seed=seed)
+            unit = hu_to_unit(np.moveaxis(hu, 2, 0))  # (Z, X, Y) in [0, 1]
             keep = unit[(unit > 0.01).mean(axis=(1, 2)) >= 0.05]
             self._cache[key] = (2 * keep - 1).astype(np.float32)
         return self._cache[key]
 
     def seeds(self, step: int, kind: str) -> list[int]:
-        base = (TRAIN_SEED if kind == "full" else QUICK_SEED) + SLIDE * (step // REFRESH)
-        return list(range(base, base + self.pool))
+        if kind in ("full", "quick"):
+            base = (TRAIN_SEED if kind == "full" else QUICK_SEED) + SLIDE * (step // REFRESH)
+            return list(range(base, base + self.pool))
+        base = SPLITS["train"] + FAMILY_SLIDE * (step // REFRESH)
+        return list(range(base, base + FAMILY_POOL))
+
+    def kinds(self, step: int) -> list[str]:
+        """The source of each slice of step `step`'s batch."""
+        if step < self.mix_from:
+            return ["quick"] * self.n_quick + ["full"] * (self.batch - self.n_quick)
+        return [k for k, n in self.mix.items() for _ in range(n)]
 
     def __call__(self, step: int, generator: torch.Generator) -> dict:
-        live = {("full", s) for s in self.seeds(step, "full")} | {("quick", s) for s in self.seeds(step, "quick")}
+        kinds = self.kinds(step)
+        live = {(k, s) for k in set(kinds) for s in self.seeds(step, k)}
         for key in [k for k in self._cache if k not in live]:
             del self._cache[key]
         out = []
-        for i in range(self.batch):
-            kind = "quick" if i < self.n_quick else "full"
+        for kind in kinds:
             seeds = self.seeds(step, kind)
             vol = self._slices(kind, seeds[int(torch.randint(len(seeds), (1,), generator=generator))])
             sl = vol[int(torch.randint(len(vol), (1,), generator=generator))]

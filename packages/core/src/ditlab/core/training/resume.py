@@ -61,12 +61,12 @@ def export_resume(checkpoint_dir: str | Path, file: str | Path) -> Path:
     tensors = {}
     for part in _parts(json.loads(state)):
         for key, value in load_file(found / f"{part}.safetensors").items():
-            tensors[f"{part}.{key}"] = _half(value, f"{found / part}.safetensors: {key}")
+            tensors[f"{part}.{key}"] = to_half(value, f"{found / part}.safetensors: {key}")
     atomic_write(file, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "state": state}))
     return Path(file)
 
 
-def _half(value: torch.Tensor, name: str) -> torch.Tensor:
+def to_half(value: torch.Tensor, name: str) -> torch.Tensor:
     """A floating tensor in float16 (others as they are), refusing values float16 cannot hold."""
     if not value.is_floating_point():
         return value.contiguous()

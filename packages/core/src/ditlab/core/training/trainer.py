@@ -196,6 +196,8 @@ class Trainer:
     hyper-parameters then win over the config's. Resuming from a float16/bfloat16 checkpoint is
     approximate: the stored weights are cast back to the model's precision. A checkpoint kept without
     optimizer.safetensors (weights, EMA and state.json only) resumes too, with fresh AdamW moments.
+    `on_step(step, loss)`, if given, is called after every optimizer step (a progress bar in an app, a time
+    budget); returning True ends the run there, checkpointed like a finished one.
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class Trainer:
         loss_fn: Callable[[nn.Module, Any, torch.Generator], torch.Tensor],
         data: Iterable[Any] | Callable[[int, torch.Generator], Any],
         config: TrainConfig,
+        on_step: Callable[[int, float], bool | None] | None = None,
     ):
         if not isinstance(data, Iterable) and not callable(data):
             raise TypeError(
@@ -211,6 +214,7 @@ class Trainer:
             )
         self.config = config
         self.loss_fn = loss_fn
+        self.on_step = on_step
         self.step = 0
         mixed = config.mixed_precision
         if mixed == "auto":
@@ -291,6 +295,8 @@ class Trainer:
             if self.output_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 if self.step < cfg.steps:
                     self.save_checkpoint()
+            if self.on_step is not None and self.on_step(self.step, float(loss.detach())):
+                break
         bar.close()
         seconds = time.perf_counter() - self._session_t0
         self._elapsed_base, self._session_t0 = self._elapsed(), None
