@@ -114,11 +114,12 @@ def test_reconstruction_refuses_an_adapter_of_another_prior(tmp_path, one_thread
     assert str(tmp_path) not in str(e.value)
 
 
+@pytest.mark.slow  # the page's slider starts at 10 steps of 16 crops: about 30 s
 def test_the_finetune_endpoint_returns_the_adapter_file(serve_app, tmp_path):
     from gradio_client import handle_file
 
     upload = zip_of(tmp_path / "my-scans.zip", scan(tmp_path / "a.nii.gz", USER), scan(tmp_path / "b.nii.gz", USER + 1))
     with serve_app("medical.py") as client:
         adapter, note = client.predict([handle_file(str(upload))], 10, api_name="/finetune")
-    assert Path(adapter).name == "ct-prior-adapter.safetensors" and read_adapter_meta(adapter)["base_name"] == PRIOR_NAME
-    assert "for 10 steps" in note
+    assert Path(adapter).name == "ct-prior-adapter.safetensors"
+    assert read_adapter_meta(adapter)["base_name"] == PRIOR_NAME and "for 10 steps" in note

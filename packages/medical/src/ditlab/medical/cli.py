@@ -42,11 +42,16 @@ def _acquisition(task: str, views: int, angles: str | None, accel: float, mask: 
 STEPS_HELP = "Steps per DiT run (NFE = steps x runs averaged; default: the tuned setting, NFE 30)."
 
 
-def _settings(task: str, steps: int | None):
-    """The tuned settings of `task`, with `steps` when given; checked."""
+SAFEGUARD_OPT = typer.Option(True, "--safeguard/--no-safeguard", help="Check each DiT slice against the "
+                             "measurements and back off to TV where it is less consistent than the noise allows.")
+
+
+def _settings(task: str, steps: int | None, safeguard: bool = True):
+    """The tuned settings of `task`, with `steps` when given and the safeguard on or off; checked."""
     from ditlab.medical.reconstruct import defaults
 
     s = defaults(task) if steps is None else defaults(task).replace(steps=steps)
+    s = s.replace(safeguard=safeguard)
     s.check()
     return s
 
@@ -176,7 +181,7 @@ def reconstruct(
     method: str = typer.Option("dds", help="dds | dps | reddiff (DiT prior) | fbp | sirt | tv | tv3d"),
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
-    steps: int = typer.Option(None, help=STEPS_HELP),
+    steps: int = typer.Option(None, help=STEPS_HELP), safeguard: bool = SAFEGUARD_OPT,
     cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, adapter: Path = ADAPTER_OPT, seed: int = SEED_OPT,
     threads: int = THREADS_OPT, device: str = DEVICE_OPT,
     metrics: Path = JSON_OPT,
@@ -194,7 +199,7 @@ def reconstruct(
     _check_adapter(adapter, weights)
     dev = setup_run(threads, device)
     meas, truth = _measure(source, acq, noise, seed)
-    settings = _settings(meas.acquisition.task, steps)  # a measurement file brings its own task
+    settings = _settings(meas.acquisition.task, steps, safeguard)  # a measurement file brings its own task
     with typer.progressbar(length=1, label=f"{method} on {meas.acquisition.describe()}") as bar:
         def progress(done: int, total: int) -> None:
             bar.length = total
@@ -218,7 +223,7 @@ def batch(
     method: str = typer.Option("dds", help="dds | dps | reddiff | fbp | sirt | tv | tv3d"),
     task: str = TASK_OPT, views: int = VIEWS_OPT, angles: str = ANGLES_OPT, accel: float = ACCEL_OPT,
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
-    steps: int = typer.Option(None, help=STEPS_HELP),
+    steps: int = typer.Option(None, help=STEPS_HELP), safeguard: bool = SAFEGUARD_OPT,
     cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, adapter: Path = ADAPTER_OPT, seed: int = SEED_OPT,
     threads: int = THREADS_OPT, device: str = DEVICE_OPT,
     engine: str = typer.Option("local", help="local | ray"),
@@ -243,7 +248,8 @@ def batch(
 
     def predict(item) -> dict:
         meas, truth = _measure(Path(item.input), acq, noise, seed)
-        vol, res = reconstruct_volume(meas, method, _settings(meas.acquisition.task, steps), prior=prior(method),
+        vol, res = reconstruct_volume(meas, method, _settings(meas.acquisition.task, steps, safeguard),
+                                      prior=prior(method),
                                       seed=seed, cache=cache_policy(cache))
         save_volume(vol, item.output)
         return _figures(vol, truth, meas, res)

@@ -10,7 +10,9 @@ refuses it on any other.
 
 Resumable: the run keeps a checkpoint in `<adapter>.run/` (every `CHECKPOINT_EVERY` steps), and the same
 command goes on from it; the folder also records which scans the run was started on, and a run on other
-scans is refused rather than mixed. The adapter is written atomically at the end and the run folder removed.
+scans is refused rather than mixed. The adapter is written atomically at the end and the run folder removed;
+a run stopped by its time budget (`minutes`) writes the adapter too and keeps the folder, so that the same call
+goes on to the full step count. Runs too short for the EMA (decay^steps > 0.05) save the trained weights.
 """
 
 from __future__ import annotations
@@ -155,9 +157,11 @@ def finetune(scans: Scans | str | Path, adapter: str | Path, steps: int | None =
     if not isinstance(scans, Scans):
         scans = load_scans(scans)
     recipe = replace(RECIPE, **changes)
-    steps = int(steps or recipe.steps)
+    steps = int(recipe.steps if steps is None else steps)
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
+    if recipe.ema_decay ** steps > 0.05:  # too short a run for the EMA to leave the base: save the weights
+        recipe = replace(recipe, ema_decay=0.0)
     name, digest = prior_identity(weights)
     run = run_folder(adapter)
     stamp = {"scans": scans.fingerprint(), "base_sha256": digest, "sources": scans.sources}
@@ -182,7 +186,8 @@ def finetune(scans: Scans | str | Path, adapter: str | Path, steps: int | None =
     report = trainer.train()
     trainable, total = parameter_counts(model)
     save_adapter(trainer.ema_model, adapter, base_digest=digest, base_name=name, config=PEFT)
-    shutil.rmtree(run, ignore_errors=True)
+    if report["step"] >= steps:  # stopped by `minutes`: the run folder stays, and the same call goes on
+        shutil.rmtree(run, ignore_errors=True)
     return {**report, "adapter": str(adapter), "adapter_bytes": adapter.stat().st_size, "base": name,
             "base_sha256": digest, "trainable_params": trainable, "params": total, "volumes": len(scans.slices),
             "slices": scans.n_slices, "resampled": scans.resampled, "spacing_mm": scans.spacing,

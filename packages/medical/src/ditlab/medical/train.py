@@ -159,10 +159,15 @@ every block), unconditional, over one-channel slices in [-1, 1] (HU window -1000
 x_t = (1 - t) x0 + t eps, velocity target, logit-normal t (mean -0.4, std 1.2). Slices of any size are
 handled in 64 x 64-pixel windows (padded with air to a multiple of 64; windows shifted at random per call).
 
-**Data.** Generated here, seeded, no external data: axial slices of `ditlab.medical.data.make_phantom`
-torso phantoms (ellipsoids with z-coherence, 3% smooth texture, low-contrast lesions), 64 x 64 crops of
-128 x 128 x 64 volumes and whole slices of 64 x 64 x 32 volumes, 3:1; training seeds from {train_seed} and
-{quick_seed} (validation seeds 100+, test seeds 0+ are never trained on).
+**Data.** Generated here, seeded, no external data. Steps 0-{mix_from}: axial slices of
+`ditlab.medical.data.make_phantom` torso phantoms (ellipsoids with z-coherence, 3% smooth texture, low-contrast
+lesions), 64 x 64 crops of 128 x 128 x 64 volumes and whole slices of 64 x 64 x 32 volumes, 3:1. From step
+{mix_from}: the broad mix, per batch of 32: 8 + 8 torso slices as before and 4 each of the
+`ditlab.medical.families` generators: `ellipses` (piecewise-constant random ellipsoids, oblique), `texture`
+(random-field textures with sharp edges), `head` (nested shells with folds) and `leaves` (natural-image-like
+dead-leaves + 1/f textures in random HU windows), whole 64 x 64 slices and crops of 128 x 128 slices. Training
+seeds only (torso from {train_seed} and {quick_seed}, families from 100000): validation seeds 100+, test seeds
+0+ and the "user" seeds 50000+ of the fine-tuning benchmark are never trained on.
 
 **Recipe.** `ditlab medical train` (`ditlab.medical.train`): AdamW lr {lr}, {warmup} warm-up steps, batch
 {batch}, grad clip {grad_clip}, EMA {ema_decay} (the EMA weights are shipped, float16), bf16 autocast,
@@ -172,9 +177,11 @@ across sessions.
 **Metrics.** One-step denoising x0 PSNR on 16 validation slices (seed 100, 128 x 128):
 {denoise}. Reconstruction figures are in BENCHMARKS.md (`ditlab medical benchmark`).
 
-**Limits.** Trained only on synthetic phantoms: it knows their grammar (ellipses, texture, lesions), not
-real anatomy; on real scans expect it to be no better than the classical baselines, and check every result
-against them. CPU-trained for hours, not days: a weak prior by the field's standards.
+**Limits.** Trained only on synthetic volumes: it knows their grammar (ellipses, textures, shells, lesions),
+not real anatomy; on real scans expect it to be no better than the classical baselines: the reconstructions'
+safeguard checks every result against the measurements and backs off to TV where it is less consistent than
+the noise allows, and fine-tuning (`ditlab medical finetune`) adapts it to a folder of your own scans.
+CPU-trained for hours, not days: a weak prior by the field's standards.
 
 **Files.** `config.json` + `model.safetensors` (float16, sha256 in `../SHA256SUMS`).
 """
@@ -190,7 +197,7 @@ def package_prior(out_dir: str | Path) -> dict:
     seconds = time.perf_counter() - t0
     card = MODEL_CARD.format(
         **{**RECIPE.to_dict(), "steps": state["step"]}, params=n_params(model), train_seed=TRAIN_SEED,
-        quick_seed=QUICK_SEED, hours=state.get("elapsed_s", 0) / 3600,
+        quick_seed=QUICK_SEED, hours=state.get("elapsed_s", 0) / 3600, mix_from=MIX_FROM,
         denoise=", ".join(f"t={t}: {p:.1f} dB" for t, p in den.items()))
     written = package(model, PRIOR_NAME, "ditlab.medical", card, dtype=torch.float16)
     return {**written, "step": state["step"], "denoise_psnr": den, "eval_seconds": seconds}
