@@ -93,3 +93,15 @@ def test_classical_methods_have_no_verdict(case):
 def test_tau_below_one_is_refused():
     with pytest.raises(InputError, match="tau must be >= 1"):
         settings(tau=0.5).check()
+
+
+def test_blend_mixes_the_dit_solution_with_tv(case):
+    meas, truth = case
+    s = settings(safeguard=False)
+    dit = reconstruct(meas.y, meas.operator, "dds", s, prior=StubPrior(truth, set())).slices
+    half = reconstruct(meas.y, meas.operator, "dds", s.replace(blend=0.5), prior=StubPrior(truth, set())).slices
+    tv = tv_pdhg_2d(meas.y, meas.operator, s.tv_lambda, s.init_iters).clamp(0, 1)  # the DiT's own TV start
+    assert torch.allclose(half, 0.5 * dit + 0.5 * tv, atol=1e-5)
+    assert not torch.allclose(half, dit, atol=1e-3)
+    with pytest.raises(InputError, match="blend must lie in"):
+        s.replace(blend=0.0).check()
