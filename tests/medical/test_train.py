@@ -128,13 +128,17 @@ def test_the_resume_file_is_found_from_the_checkout_outside_every_package(monkey
     assert Path(ditlab.medical.__file__).parent not in file.parents
 
 
-@pytest.mark.skipif(not COMMITTED.is_file(), reason="ct-prior's training is finished: its resume file is deleted "
-                    "(training/README.md), so there is no committed file to resume")
-def test_the_committed_resume_file_resumes_the_prior(tmp_path):
-    folder = import_resume(COMMITTED, tmp_path / "run" / "checkpoint")
-    step = load_checkpoint(folder, prior_model())["step"]
+def test_an_exported_resume_file_resumes_a_prior_run_at_its_step(tmp_path):
+    """What a committed `training/ct-prior.resume.safetensors` is for (the file itself is gone with the finished
+    training): a run exported by `export_prior_resume` goes on from its step in a fresh run folder."""
+    train_tiny(tmp_path / "run")
+    file = export_prior_resume(tmp_path / "run", tmp_path / "ct-prior.resume.safetensors")
+    folder = import_resume(file, tmp_path / "new" / "checkpoint")
+    model = prior_model(hidden=32, depth=1, heads=1)
+    step = load_checkpoint(folder, model)["step"]
+    cfg = replace(RECIPE, precision="no").train_config(tmp_path / "new", steps=step + 1, progress=False)
     with pytest.warns(UserWarning, match="AdamW moments restart"):
-        trainer = Trainer(prior_model(), prior_loss, SliceData(), RECIPE.train_config(tmp_path / "run", steps=step + 1))
+        trainer = Trainer(prior_model(hidden=32, depth=1, heads=1), prior_loss, tiny_data(batch=2), cfg)
     assert step > 0 and trainer.step == step
 
 

@@ -182,6 +182,8 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
     settings = tuned.replace(steps=max(1, round(int(_number(steps, "DiT NFE")) / tuned.samples)))
     settings.check()
 
+    # the prior (with the adapter, if any) once per request, before the volume, for all the DiT methods
+    model = _prior_model(adapter) if any(m in rec.DIT_METHODS for m in chosen) else None
     progress(0, desc="loading and measuring the volume")
     truth = _ground_truth(upload, sample, seed)
     meas = rec.simulate_volume(truth, acq, noise=noise, seed=seed)
@@ -194,7 +196,7 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
         label = METHOD_LABELS[method]
         prior = policy = None
         if method in rec.DIT_METHODS:
-            prior = SlicePrior(_prior_model(adapter), batch=16, generator=torch.Generator().manual_seed(seed))
+            prior = SlicePrior(model, batch=16, generator=torch.Generator().manual_seed(seed))
             policy = cache_policy(cache)
         bar = progress_callback(progress, desc=f"{label} ({i + 1}/{len(chosen)})")
         vol, result = rec.reconstruct_volume(meas, method, settings, prior=prior, seed=seed, cache=policy,

@@ -155,9 +155,11 @@ def ood_runs(quick: bool, record: Callable[[str, str, dict], None]) -> dict[str,
     return lambdas
 
 
-def finetune_runs(quick: bool, record: Callable[[str, str, dict], None], family: str = FINETUNE_FAMILY) -> str:
-    """Fine-tune on `FINETUNE_VOLUMES` "user" volumes of `family`, then TV, DDS and DDS + adapter on its test seeds at
-    CT 8 views (see the module docstring); returns the task label."""
+def finetune_runs(quick: bool, record: Callable[[str, str, dict], None], baselines: dict[str, dict],
+                  family: str = FINETUNE_FAMILY) -> str:
+    """Fine-tune on `FINETUNE_VOLUMES` "user" volumes of `family`, then DDS + adapter on its test seeds at CT 8 views
+    beside `baselines` ("tv", "dds": that family's OOD rows, measured on the same volumes and seeds; see the module
+    docstring); returns the task label."""
     import tempfile
 
     from ditlab.medical.finetune import finetune, prepare_scans
@@ -175,15 +177,12 @@ def finetune_runs(quick: bool, record: Callable[[str, str, dict], None], family:
         model = load_prior(adapter=adapter)
     acq = OOD_TASKS["CT 8 views"][0]
     label = f"fine-tuned on {FINETUNE_VOLUMES} {family} volumes, CT 8 views"
-    lam = tune_tv_family(family, acq)
     seeds = split_seeds("test", 1 if quick else 2)
-    tests = [make_volume(family, OOD_SHAPE, s) for s in seeds]
-    for method, kw in (("tv", {"tv_lambda": lam}), ("dds", {}), ("dds + adapter", {"model": model})):
-        runs = [score(v, acq, method.split(" ")[0], seed=s, **kw) for v, s in zip(tests, seeds, strict=True)]
-        m = _mean(runs)
-        if method == "dds + adapter":
-            m |= {"finetune_seconds": report["seconds"], "adapter_kb": report["adapter_bytes"] / 1024}
-        record(label, method, m)
+    runs = [score(make_volume(family, OOD_SHAPE, s), acq, "dds", seed=s, model=model) for s in seeds]
+    for method in ("tv", "dds"):
+        record(label, method, baselines[method])
+    record(label, "dds + adapter", _mean(runs) | {"finetune_seconds": report["seconds"],
+                                                  "adapter_kb": report["adapter_bytes"] / 1024})
     return label
 
 
@@ -286,7 +285,8 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
     for method, m in cache_runs(truth, acq8, CACHE_POLICIES[:1] if quick else CACHE_POLICIES).items():
         record(CACHE_TASK, method, m)
     lambdas = ood_runs(quick, record)
-    finetune_label = finetune_runs(quick, record)
+    ood_ct = f"OOD {FINETUNE_FAMILY}, CT 8 views"
+    finetune_label = finetune_runs(quick, record, {m: results[(ood_ct, m)] for m in ("tv", "dds")})
 
     add_goals(report, results, ood_label, quick, finetune_label)
     report.notes.append("OOD families: 64x64x16, test seeds " + ("0" if quick else "0 and 1 (means)") + "; TV lambdas "

@@ -65,17 +65,10 @@ def _check_out(out: Path) -> None:
 
 def _check_adapter(adapter: Path | None, weights: Path | None) -> None:
     """Refuse an adapter file that is missing, not an adapter, or made for another prior, before any volume is read."""
-    if adapter is None:
-        return
-    from ditlab.core.training.peft import read_adapter_meta
-    from ditlab.medical.models import prior_identity
+    if adapter is not None:
+        from ditlab.medical.models import check_adapter
 
-    meta = read_adapter_meta(adapter)
-    name, digest = prior_identity(weights)
-    if meta["base_sha256"] != digest:
-        raise UsageError(f"--adapter {adapter} belongs to the prior {meta['base_name']!r} (sha256 "
-                         f"{meta['base_sha256'][:12]}), not to {name!r} (sha256 {digest[:12]}); expected an adapter "
-                         "fine-tuned from the prior in use (see --weights)")
+        check_adapter(adapter, weights)
 
 
 def _figures(vol, truth, meas, res) -> dict:

@@ -34,7 +34,7 @@ from ditlab.core.files import write_json
 from ditlab.core.training import Recipe, Trainer
 from ditlab.core.training.peft import PeftConfig, apply_peft, parameter_counts, save_adapter
 from ditlab.medical.io import NIFTI_SUFFIXES, Volume, load_volume
-from ditlab.medical.models import PATH, TILE, prior_identity
+from ditlab.medical.models import PATH, TILE, load_prior, prior_identity, random_crop
 from ditlab.medical.operators import hu_to_unit
 
 MIN_VOLUMES = 2
@@ -120,14 +120,10 @@ class ScanCrops:
         self.scans, self.batch = scans, batch
 
     def __call__(self, step: int, generator: torch.Generator) -> dict:
-        out = []
-        for _ in range(self.batch):
-            vol = self.scans.slices[int(torch.randint(len(self.scans.slices), (1,), generator=generator))]
-            sl = vol[int(torch.randint(len(vol), (1,), generator=generator))]
-            oy, ox = (int(torch.randint(sl.shape[a] - TILE + 1, (1,), generator=generator)) for a in (0, 1))
-            crop = torch.from_numpy(sl[oy:oy + TILE, ox:ox + TILE].copy())
-            out.append(crop.flip(0) if torch.rand((), generator=generator) < 0.5 else crop)
-        return {"x": torch.stack(out)[:, None]}
+        vols = self.scans.slices
+        crops = [random_crop(vols[int(torch.randint(len(vols), (1,), generator=generator))], generator)
+                 for _ in range(self.batch)]
+        return {"x": torch.stack(crops)[:, None]}
 
 
 def _loss(model: torch.nn.Module, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -148,9 +144,6 @@ def finetune(scans: Scans | str | Path, adapter: str | Path, steps: int | None =
     """Fine-tune the prior (packaged, or `weights`) on `scans` (a folder, or `Scans`) for `steps` optimizer
     steps (default `RECIPE.steps`) or until `minutes` have passed, and write the adapter file; resumes an
     interrupted run of the same adapter path. `changes` replace RECIPE fields. Returns a report."""
-    from ditlab.core.models import DiT
-    from ditlab.core.weights import load_model
-
     adapter = Path(adapter)
     if not adapter.name.endswith(".safetensors"):
         raise InputError(f"the adapter file must end with .safetensors, got {adapter}")
@@ -173,7 +166,7 @@ def finetune(scans: Scans | str | Path, adapter: str | Path, steps: int | None =
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "scans.json", stamp)
     torch.manual_seed(recipe.seed)
-    model = apply_peft(load_model(DiT, weights or "ct-prior", package="ditlab.medical").float(), PEFT)
+    model = apply_peft(load_prior(weights), PEFT)
     t0 = time.perf_counter()
 
     def on_step(step: int, loss: float) -> bool:

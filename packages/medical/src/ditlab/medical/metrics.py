@@ -88,6 +88,13 @@ def data_residual(x: torch.Tensor, op: Operator, y: torch.Tensor) -> float:
     return float((op.forward(x.to(y.real.dtype)) - y).norm() / y.norm())
 
 
+def slice_residuals(x: torch.Tensor, op: Operator, y: torch.Tensor) -> torch.Tensor:
+    """Relative data residual ||A x_i - y_i|| / ||y_i|| of each slice of `x` (slices, window units)."""
+    with torch.no_grad():
+        res = (op.forward(x.to(y.real.dtype)) - y).abs().flatten(1).norm(dim=1)
+        return res / y.abs().flatten(1).norm(dim=1).clamp(min=1e-12)
+
+
 def _ssim_or_nan(x: Array, ref: Array, window: tuple[float, float]) -> float:
     return ssim(x, ref, window) if min(x.shape) >= 11 else float("nan")
 

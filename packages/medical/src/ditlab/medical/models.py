@@ -48,6 +48,14 @@ def prior_identity(weights: str | Path | None = None) -> tuple[str, str]:
     return name, digest or sha256_file(weights_file(folder))
 
 
+def check_adapter(adapter: str | Path, weights: str | Path | None = None) -> dict:
+    """An adapter file's metadata, refused (naming both priors) unless it was made for the prior `weights` loads."""
+    from ditlab.core.training.peft import check_adapter as check
+
+    name, digest = prior_identity(weights)
+    return check(adapter, expect_digest=digest, expect_name=name)
+
+
 def load_prior(weights: str | Path | None = None, device: str | torch.device = "cpu",
                adapter: str | Path | None = None) -> DiT:
     """The packaged CT slice prior (sha256-verified), or a weights folder (`config.json` + safetensors), with a
@@ -153,6 +161,15 @@ class SlicePrior:
     def to_path(x_unit: torch.Tensor, t: float, noise: torch.Tensor) -> torch.Tensor:
         """Put clean slices in [0, 1] on the path at time t with the given noise: (1 - t)(2x - 1) + t eps."""
         return PATH.interpolate(2 * x_unit - 1, noise, t)
+
+
+def random_crop(vol, generator: torch.Generator) -> torch.Tensor:
+    """A training window (TILE x TILE) of a random slice of `vol` ((N, H, W) in [-1, 1], sides >= TILE), mirrored
+    left-right half the time (X is left-right in RAS: a mirrored patient)."""
+    sl = vol[int(torch.randint(len(vol), (1,), generator=generator))]
+    oy, ox = (int(torch.randint(sl.shape[a] - TILE + 1, (1,), generator=generator)) for a in (0, 1))
+    crop = torch.from_numpy(sl[oy:oy + TILE, ox:ox + TILE].copy())
+    return crop.flip(0) if torch.rand((), generator=generator) < 0.5 else crop
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -44,7 +44,7 @@ from ditlab.medical.acquisition import TASKS, Acquisition, Measurement, simulate
 from ditlab.medical.baselines import cg, fbp, op_norm, sirt, tv_admm_3d, tv_pdhg_2d
 from ditlab.medical.data import phantom_affine
 from ditlab.medical.io import Volume, spacing_of, validate_volume
-from ditlab.medical.metrics import evaluate
+from ditlab.medical.metrics import evaluate, slice_residuals
 from ditlab.medical.models import PATH
 from ditlab.medical.operators import MRI, Operator, gradient, gradient_adjoint, slices_to_volume
 
@@ -329,10 +329,6 @@ class Verdict:
                 f"measurements than the noise allows (worst residual {self.residual:.3g} > {self.bound:.3g}): "
                 + ", ".join(parts))
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "message": self.message}
-
-
 @dataclass
 class Result:
     """A reconstruction: slices (Z, H, W) in window units, and how it was made."""
@@ -344,12 +340,6 @@ class Result:
     settings: dict = field(default_factory=dict)
     nfe_equivalent: float = 0.0  # network evaluations actually spent per slice (fewer than nfe with a cache)
     safeguard: Verdict = field(default_factory=lambda: Verdict("off"))
-
-
-def _residuals(x: torch.Tensor, op: Operator, y: torch.Tensor) -> torch.Tensor:
-    """Relative data residual ||A x_i - y_i|| / ||y_i|| of each slice."""
-    with torch.no_grad():
-        return (op.forward(x) - y).abs().flatten(1).norm(dim=1) / y.abs().flatten(1).norm(dim=1).clamp(min=1e-12)
 
 
 class _Guard:
@@ -366,7 +356,7 @@ class _Guard:
               start: torch.Tensor | None, method: str, prior, g: torch.Generator) -> torch.Tensor:
         """`x` with the slices that fail the discrepancy bound backed off (`reference`: the TV solution; `start`:
         the DiT run's starting point, if any)."""
-        r, r_cls = _residuals(x, op, yi), _residuals(reference, op, yi)
+        r, r_cls = slice_residuals(x, op, yi), slice_residuals(reference, op, yi)
         bound = self.s.tau * torch.clamp(r_cls, min=self.noise)
         self.res.append(r), self.bounds.append(bound), self.cls_res.append(r_cls)
         bad = (r > bound).nonzero().flatten()
@@ -379,7 +369,7 @@ class _Guard:
             retry = SOLVERS[method](yi[bad], op, prior, later, g, lambda: None,
                                     (reference if start is None else start)[bad])
             self.calls += prior.calls - calls0
-            ok = _residuals(retry, op, yi[bad]) <= bound[bad]
+            ok = slice_residuals(retry, op, yi[bad]) <= bound[bad]
             x[bad[ok]] = retry[ok]
             self.later += int(ok.sum())
             bad = bad[~ok]
@@ -454,8 +444,7 @@ def reconstruct(y: torch.Tensor, op: Operator, method: str = "dds", settings: Se
         start = _init(yi, op, s) if method == "reddiff" or s.t_start < 1 else None
         reference = None  # the classical solution (safeguard, blend): TV, the DiT's own start when that is TV
         if guard is not None or s.blend < 1:
-            reference = start if start is not None and s.init == "tv" else tv_pdhg_2d(
-                yi, op, s.tv_lambda, s.init_iters).clamp(0, 1)
+            reference = start if start is not None and s.init == "tv" else _init(yi, op, s.replace(init="tv"))
         for _ in range(s.samples):
             with prior.cached(cache, network_calls(method, s)) if cache is not None else contextlib.nullcontext():
                 runs.append(SOLVERS[method](yi, op, prior, s, g, tick, start))

@@ -31,7 +31,7 @@ from ditlab.core.weights import package
 from ditlab.medical.data import make_phantom
 from ditlab.medical.families import SPLITS, TRAIN_FAMILIES, make_volume
 from ditlab.medical.metrics import psnr
-from ditlab.medical.models import PATH, PRIOR_NAME, TILE, n_params, prior_model
+from ditlab.medical.models import PATH, PRIOR_NAME, n_params, prior_model, random_crop
 from ditlab.medical.operators import hu_to_unit
 
 TRAIN_SEED, QUICK_SEED = 100_000, 200_000
@@ -98,12 +98,7 @@ class SliceData:
         for kind in kinds:
             seeds = self.seeds(step, kind)
             vol = self._slices(kind, seeds[int(torch.randint(len(seeds), (1,), generator=generator))])
-            sl = vol[int(torch.randint(len(vol), (1,), generator=generator))]
-            oy, ox = (int(torch.randint(sl.shape[a] - TILE + 1, (1,), generator=generator)) for a in (0, 1))
-            crop = torch.from_numpy(sl[oy:oy + TILE, ox:ox + TILE].copy())
-            if torch.rand((), generator=generator) < 0.5:
-                crop = crop.flip(0)  # X is left-right in RAS: a mirrored patient
-            out.append(crop)
+            out.append(random_crop(vol, generator))
         return {"x": torch.stack(out)[:, None]}
 
 

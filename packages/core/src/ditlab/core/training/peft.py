@@ -313,16 +313,23 @@ def read_adapter_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_adapter(model: nn.Module, path: str | Path, expect_digest: str | None,
-                 expect_name: str | None = None) -> nn.Module:
-    """Apply the adapter in `path` to `model`, a plain base model whose weights file has sha256 `expect_digest`
-    (None: unchecked, for a base with no recorded digest); `expect_name` names the base in the error. The
-    model is left as it was when the adapter is refused. In place, returns `model`."""
+def check_adapter(path: str | Path, expect_digest: str | None, expect_name: str | None = None) -> dict:
+    """The adapter's metadata (`read_adapter_meta`), refused when it belongs to a base other than the one whose
+    weights file has sha256 `expect_digest` (None: unchecked); the message names both bases."""
     meta = read_adapter_meta(path)
     if expect_digest is not None and meta["base_sha256"] != expect_digest.lower():
         raise InputError(f"adapter {path} belongs to the base {meta['base_name']!r} (sha256 "
                          f"{meta['base_sha256'][:12]}), not to {expect_name or 'the given base'!r} (sha256 "
                          f"{expect_digest.lower()[:12]}); expected an adapter trained on these base weights")
+    return meta
+
+
+def load_adapter(model: nn.Module, path: str | Path, expect_digest: str | None,
+                 expect_name: str | None = None) -> nn.Module:
+    """Apply the adapter in `path` to `model`, a plain base model whose weights file has sha256 `expect_digest`
+    (None: unchecked, for a base with no recorded digest); `expect_name` names the base in the error. The
+    model is left as it was when the adapter is refused. In place, returns `model`."""
+    meta = check_adapter(path, expect_digest, expect_name)
     config = meta["config"]
     _check_plain(model)
     shapes = _adapter_shapes(model, config)
