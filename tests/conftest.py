@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# Every test runs the network in fp32 eager unless it asks otherwise: "auto" would calibrate (and compile) each
+# tiny model on first use. The auto path has its own tests (tests/core/test_auto.py).
+os.environ.setdefault("DITLAB_PRECISION", "fp32")
 
 
 @pytest.fixture(autouse=True)

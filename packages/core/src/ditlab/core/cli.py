@@ -41,6 +41,9 @@ CACHE_OPT = typer.Option("none", "--cache", help="Feature cache for the DiT: a n
 WEIGHTS_OPT = typer.Option(None, "--weights", help="A weights folder (config.json + model.safetensors) to use "
                            "instead of the packaged model.")
 DEVICE_OPT = typer.Option("auto", "--device", help="cpu | cuda | cuda:N | auto (CUDA when available).")
+PRECISION_OPT = typer.Option(None, "--precision", help="How the DiT computes: auto (default: the mode calibrated "
+                             "fastest on this machine within its error bound; `ditlab core info` shows it) | fp32 | "
+                             "fp32+compile | bf16 | bf16+compile | int8 | int8+compile | fp8+compile.")
 
 
 def setup_run(threads: int = 0, device: str = "auto"):
@@ -61,6 +64,13 @@ def setup_run(threads: int = 0, device: str = "auto"):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA GPU is visible on this machine; use --device cpu")
     return dev
+
+
+def check_precision_option(precision: str | None) -> str | None:
+    """--precision checked up front (an unknown name exits 2 before any work); None stays None (the default)."""
+    from ditlab.core.accel.auto import check_precision
+
+    return None if precision is None else check_precision(precision)
 
 
 def cache_policy(name: str):
@@ -94,15 +104,58 @@ def sample_cmd(
     guidance: float = typer.Option(2.0, min=0.0, help="Classifier-free guidance scale (1 = off)."),
     seed: int = SEED_OPT,
     weights: Path = WEIGHTS_OPT,
+    precision: str = PRECISION_OPT,
 ) -> None:
     """Sample the demo model into a PNG grid."""
     from ditlab.core import demo
 
     if out.suffix.lower() != ".png":
         raise UsageError(f"expected a .png output path, got {out}")
+    precision = check_precision_option(precision)
     demo.write_grid(out, demo.sample_demo(per_class=per_class, steps=steps, guidance=guidance, seed=seed,
-                                          weights=weights))
+                                          weights=weights, precision=precision))
     typer.echo(f"wrote {out}")
+
+
+@core_app.command("info")
+def info(
+    weights: Path = typer.Option(None, "--weights", help="A DiT weights folder to calibrate instead of the packaged "
+                                 "shapes32 benchmark model."),
+    model: str = typer.Option("shapes32", "--model", help="A packaged model: shapes32 | demo."),
+    batch: int = typer.Option(16, "--batch", min=1, max=1024, help="Batch of the calibration call."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="Measure again instead of reading the cached "
+                                     "choice."),
+    threads: int = THREADS_OPT,
+    device: str = DEVICE_OPT,
+    json_path: Path = JSON_OPT,
+) -> None:
+    """What this machine can run (fp32, bf16, int8, fp8, compile) and which mode precision="auto" would choose for
+    a model, and why: the calibration table (time per call, error against fp32)."""
+    from ditlab.core.accel import auto
+    from ditlab.core.bench.harness import machine, machine_line
+    from ditlab.core.files import write_json
+    from ditlab.core.models import DiT
+    from ditlab.core.weights import load_model
+
+    dev = setup_run(threads, device)
+    if weights is None and model not in ("shapes32", "demo"):
+        raise UsageError(f"--model must be shapes32 or demo, got {model!r} (or give --weights FOLDER)")
+    name = str(weights) if weights is not None else model
+    net = load_model(DiT, weights if weights is not None else {"shapes32": "shapes32", "demo": "demo-shapes"}[model],
+                     device=dev).eval()
+    typer.echo(f"machine: {machine_line(machine(dev))}")
+    typer.echo(f"modes on {dev}:")
+    for mode, missing in auto.available(dev).items():
+        typer.echo(f"  {mode:13s} {'yes' if missing is None else 'no: ' + missing}")
+    probe = auto.default_probe(net, batch)
+    choice = auto.choose(net, probe, recalibrate=recalibrate, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"\nmodel {name}, calibration call {probe.signature} ({choice.source}; bound: SNR >= "
+               f"{choice.min_snr_db:g} dB against fp32 eager, the worst of {len(auto.PROBE_TIMES)} noise levels)")
+    typer.echo(choice.table())
+    typer.echo(f"\nprecision=\"auto\" chooses {choice.mode}: {choice.reason}")
+    typer.echo(f"(cached in {auto.cache_dir() / (choice.key + '.json')})")
+    if json_path is not None:
+        write_json(json_path, {"model": name, "machine": machine(dev), "probe": probe.signature, **choice.to_dict()})
 
 
 @core_app.command("benchmark")
@@ -114,16 +167,18 @@ def benchmark(
                                "(against the uncached sample and diffusers' cache hooks)."),
     gpu: bool = typer.Option(False, "--gpu", help="With --accel: the CUDA tables (fused-kernel bandwidth, end-to-end "
                              "bf16 / compile / fp8 / cache speed-ups) instead of the CPU ones."),
+    only: str = typer.Option(None, "--only", help="With --accel: one task only: caches | diffusers | precision | "
+                             "ras."),
 ) -> None:
     """Our DiT against diffusers' DiTTransformer2DModel at the same size, in one process; with --accel, the
     sampling speed-ups and their quality cost."""
-    if gpu and not accel:
-        raise typer.BadParameter("--gpu goes with --accel")
+    if (gpu or only) and not accel:
+        raise typer.BadParameter("--gpu and --only go with --accel")
     setup_run(threads)
     if accel:
         from ditlab.core.accel import bench as accel_bench
 
-        accel_bench.main(quick=quick, json_path=json_path, gpu=gpu)
+        accel_bench.main(quick=quick, json_path=json_path, gpu=gpu, only=only)
         return
     from ditlab.core import bench
 

@@ -76,8 +76,9 @@ def load_demo(weights: str | Path | None = None) -> DiT:
 @torch.no_grad()
 def sample_demo(model: DiT | None = None, per_class: int = 8, steps: int = SAMPLE_STEPS,
                 guidance: float = GUIDANCE, seed: int = 0, classes: list[int] | None = None,
-                weights: str | Path | None = None, progress=False) -> torch.Tensor:
-    """Samples (len(classes) * per_class, 1, 16, 16) in [-1, 1], ordered class by class."""
+                weights: str | Path | None = None, progress=False, precision: str | None = None) -> torch.Tensor:
+    """Samples (len(classes) * per_class, 1, 16, 16) in [-1, 1], ordered class by class; `precision` as in
+    `sample` (None: auto)."""
     model = model if model is not None else load_demo(weights)
     classes = list(range(len(CLASSES))) if classes is None else classes
     bad = [c for c in classes if not 0 <= c < len(CLASSES)]
@@ -86,7 +87,8 @@ def sample_demo(model: DiT | None = None, per_class: int = 8, steps: int = SAMPL
     labels = torch.tensor(classes).repeat_interleave(per_class)
     g = torch.Generator().manual_seed(seed)
     x = sample(model, PATH, (len(labels), 1, SIZE, SIZE), sampler=SAMPLER, steps=steps,
-               guidance_scale=guidance, model_kwargs={"class_labels": labels}, generator=g, progress=progress)
+               guidance_scale=guidance, model_kwargs={"class_labels": labels}, generator=g, progress=progress,
+               precision=precision)
     return x.clamp(-1, 1)
 
 

@@ -189,7 +189,7 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
     meas = rec.simulate_volume(truth, acq, noise=noise, seed=seed)
     out_dir = request_dir("medical")
     stem = safe_stem(truth.source, NIFTI_SUFFIXES, default="volume")
-    volumes, rows, files, verdicts = {"Ground truth": truth.data}, [], [], []
+    volumes, rows, files, verdicts, run_line = {"Ground truth": truth.data}, [], [], [], ""
     if not upload:
         files.append(save_volume(truth, out_dir / f"{stem}_ground-truth.nii.gz"))
     for i, method in enumerate(chosen):
@@ -198,6 +198,7 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
         if method in rec.DIT_METHODS:
             prior = SlicePrior(model, batch=16, generator=torch.Generator().manual_seed(seed))
             policy = cache_policy(cache)
+            run_line = run_line or f"The network ran in {prior.prepared(grad=method == 'dps').line}."
         bar = progress_callback(progress, desc=f"{label} ({i + 1}/{len(chosen)})")
         vol, result = rec.reconstruct_volume(meas, method, settings, prior=prior, seed=seed, cache=policy,
                                              progress=lambda done, total, bar=bar: bar(done - 1, total))
@@ -217,6 +218,7 @@ def run_reconstruction(upload: str | None, sample: str, task: str, views: float,
              f"[{HU_WINDOW[0]:g}, {HU_WINDOW[1]:g}] HU; residual = ||A x - y|| / ||y||; NFE per slice; NFE spent: "
              f"the network evaluations a feature cache left (cache: {cache}); prior: "
              + (f"with the adapter {Path(adapter).name}" if adapter else "the packaged ct-prior") + "."]
+    notes += [run_line] if run_line else []
     notes += verdicts
     notes += [f"{METHOD_LABELS[m]} skipped: a CT method, not applicable to MRI." for m in skipped]
     state = {"volumes": volumes, "spacing": truth.spacing}

@@ -14,7 +14,18 @@ from pathlib import Path
 
 import typer
 
-from ditlab.core.cli import CACHE_OPT, DEVICE_OPT, JSON_OPT, SEED_OPT, THREADS_OPT, WEIGHTS_OPT, cache_policy, setup_run
+from ditlab.core.cli import (
+    CACHE_OPT,
+    DEVICE_OPT,
+    JSON_OPT,
+    PRECISION_OPT,
+    SEED_OPT,
+    THREADS_OPT,
+    WEIGHTS_OPT,
+    cache_policy,
+    check_precision_option,
+    setup_run,
+)
 from ditlab.core.errors import UsageError
 from ditlab.medical import __version__
 
@@ -100,10 +111,13 @@ ADAPTER_OPT = typer.Option(None, "--adapter", help="A fine-tuning adapter (.safe
 
 
 class _Prior:
-    """The packaged prior (or --weights, with --adapter), loaded once when a DiT method first needs it."""
+    """The packaged prior (or --weights, with --adapter), loaded once when a DiT method first needs it, computing
+    in --precision (None: auto; the mode it runs is printed once)."""
 
-    def __init__(self, weights: Path | None, seed: int, device: str = "auto", adapter: Path | None = None) -> None:
+    def __init__(self, weights: Path | None, seed: int, device: str = "auto", adapter: Path | None = None,
+                 precision: str | None = None) -> None:
         self.weights, self.seed, self.device, self.adapter, self._prior = weights, seed, device, adapter, None
+        self.precision = precision
 
     def __call__(self, method: str):
         from ditlab.medical.reconstruct import DIT_METHODS
@@ -116,7 +130,9 @@ class _Prior:
             from ditlab.medical.models import SlicePrior, load_prior
 
             model = load_prior(self.weights, device=self.device, adapter=self.adapter)
-            self._prior = SlicePrior(model, generator=torch.Generator().manual_seed(self.seed))
+            self._prior = SlicePrior(model, generator=torch.Generator().manual_seed(self.seed),
+                                     precision=self.precision)
+            typer.echo(f"prior: {self._prior.prepared(grad=method == 'dps').line}", err=True)
         return self._prior
 
 
@@ -176,7 +192,7 @@ def reconstruct(
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
     steps: int = typer.Option(None, help=STEPS_HELP), safeguard: bool = SAFEGUARD_OPT,
     cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, adapter: Path = ADAPTER_OPT, seed: int = SEED_OPT,
-    threads: int = THREADS_OPT, device: str = DEVICE_OPT,
+    threads: int = THREADS_OPT, device: str = DEVICE_OPT, precision: str = PRECISION_OPT,
     metrics: Path = JSON_OPT,
 ) -> None:
     """Reconstruct one volume. A volume input is measured first (--task ...) and scored against itself. The DiT
@@ -189,6 +205,7 @@ def reconstruct(
     acq = _acquisition(task, views, angles, accel, mask, geometry)
     _settings(acq.task, steps)  # bad options fail before the volume is read
     policy = cache_policy(cache)
+    precision = check_precision_option(precision)
     _check_adapter(adapter, weights)
     dev = setup_run(threads, device)
     meas, truth = _measure(source, acq, noise, seed)
@@ -198,7 +215,8 @@ def reconstruct(
             bar.length = total
             bar.update(done - bar.pos)
 
-        vol, res = reconstruct_volume(meas, method, settings, prior=_Prior(weights, seed, dev, adapter)(method),
+        prior = _Prior(weights, seed, dev, adapter, precision)(method)
+        vol, res = reconstruct_volume(meas, method, settings, prior=prior,
                                       seed=seed, progress=progress, cache=policy)
     save_volume(vol, out)
     figures = _figures(vol, truth, meas, res)
@@ -218,7 +236,7 @@ def batch(
     mask: str = MASK_OPT, geometry: str = GEOMETRY_OPT, noise: float = NOISE_OPT,
     steps: int = typer.Option(None, help=STEPS_HELP), safeguard: bool = SAFEGUARD_OPT,
     cache: str = CACHE_OPT, weights: Path = WEIGHTS_OPT, adapter: Path = ADAPTER_OPT, seed: int = SEED_OPT,
-    threads: int = THREADS_OPT, device: str = DEVICE_OPT,
+    threads: int = THREADS_OPT, device: str = DEVICE_OPT, precision: str = PRECISION_OPT,
     engine: str = typer.Option("local", help="local | ray"),
     resume: bool = typer.Option(True, help="Skip inputs already done according to the manifest."),
 ) -> None:
@@ -233,11 +251,12 @@ def batch(
     acq = _acquisition(task, views, angles, accel, mask, geometry)
     _settings(acq.task, steps)
     cache_policy(cache)  # an unknown name fails before the first volume
+    precision = check_precision_option(precision)
     _check_adapter(adapter, weights)
     dev = setup_run(threads, device)
     items = items_from_folder(in_dir, out_dir, (*NIFTI_SUFFIXES, MEASUREMENT_SUFFIX),
                               lambda p: f"{volume_stem(p)}_{method}.nii.gz", include_dirs=True)
-    prior = _Prior(weights, seed, dev, adapter)
+    prior = _Prior(weights, seed, dev, adapter, precision)
 
     def predict(item) -> dict:
         meas, truth = _measure(Path(item.input), acq, noise, seed)

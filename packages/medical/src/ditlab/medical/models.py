@@ -81,22 +81,20 @@ class SlicePrior:
     Feature caches (`cached`): each chunk of slices is its own stream of calls, so it runs in its own hook
     context ("chunk-0", "chunk-1", ...) and keeps its own cached features; and the window roll is drawn once
     per solver run instead of once per call, since a cache adds features of an earlier call to the current
-    one and a roll would move the slices under them. `precision` "auto" runs the
-    network under bf16 autocast where the device computes bf16 natively (this CPU does: about 2x faster),
-    else fp32; "fp32" and "bf16" force one (bf16 where unsupported raises, naming why).
+    one and a roll would move the slices under them. `precision` (`ditlab.core.accel.auto`; None: "auto") is
+    how the network computes: "auto" runs the mode calibrated fastest for this prior on this machine, on its own
+    chunk of `batch` 64 x 64 slices, within the auto error bound (measured once per machine, then read from the
+    cache; calls that need gradients through the network, DPS, get the fastest of fp32 and bf16); or name a mode
+    ("fp32", "bf16", "int8+compile", ...; one the hardware lacks raises, naming why). `mode` says which runs.
     """
 
     def __init__(self, model: DiT, batch: int = 16, generator: torch.Generator | None = None,
-                 shift_windows: bool = True, precision: str = "auto") -> None:
-        from ditlab.core.accel.precision import bf16_supported
+                 shift_windows: bool = True, precision: str | None = None) -> None:
+        from ditlab.core.accel.auto import check_precision, default_precision
 
         if batch < 1:
             raise InputError(f"batch must be >= 1, got {batch}")
-        if precision not in ("auto", "fp32", "bf16"):
-            raise InputError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-        if precision == "auto":
-            precision = "bf16" if bf16_supported(next(model.parameters()).device)[0] else "fp32"
-        self.precision = precision
+        self.precision = check_precision(precision or default_precision())
         self.model, self.batch, self.shift_windows = model, int(batch), shift_windows
         self.generator = generator or torch.Generator().manual_seed(0)
         self.patch = int(model.dit_config.patch[0])
@@ -107,15 +105,29 @@ class SlicePrior:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def prepared(self, grad: bool = False):
+        """The network this prior calls and its context (`ditlab.core.accel.auto.Prepared`), chosen on first use."""
+        from ditlab.core.accel.auto import Probe, prepare
+
+        def probe() -> Probe:
+            x = torch.randn((self.batch, 1, TILE, TILE), generator=torch.Generator().manual_seed(0))
+            return Probe(x.to(self.device), time_scale=float(PATH.model_time(torch.tensor(1.0))))
+
+        return prepare(self.model, self.precision, probe, need_grad=grad)
+
+    @property
+    def mode(self) -> str:
+        """The precision mode the network runs in (the auto choice, or the one asked for)."""
+        return self.prepared().mode
+
     def velocity(self, x_t: torch.Tensor, t: float, grad: bool = False) -> torch.Tensor:
         """The network's velocity for slices (B, H, W) on the [-1, 1] path at time t in [0, 1] (with autograd
         through the network when `grad`)."""
-        from ditlab.core.accel.precision import autocast
+        run = self.prepared(grad)
+        with torch.set_grad_enabled(grad), run.context():
+            return self._velocity(run.net, x_t, t)
 
-        with torch.set_grad_enabled(grad), autocast(self.device, self.precision):
-            return self._velocity(x_t, t)
-
-    def _velocity(self, x_t: torch.Tensor, t: float) -> torch.Tensor:
+    def _velocity(self, net: torch.nn.Module, x_t: torch.Tensor, t: float) -> torch.Tensor:
         b, h, w = x_t.shape
         ph, pw = (-h) % TILE, (-w) % TILE
         x = x_t[:, None]
@@ -128,8 +140,8 @@ class SlicePrior:
         tt = PATH.model_time(torch.tensor([float(t)]))
         out = []
         for k, c in enumerate(x.split(self.batch)):
-            with hooks.context(self.model, f"chunk-{k}"):  # one cache context per chunk (inert without a cache)
-                out.append(self.model(c.to(self.device), tt.expand(len(c)).to(self.device)).float().cpu())
+            with hooks.context(net, f"chunk-{k}"):  # one cache context per chunk (inert without a cache)
+                out.append(net(c.to(self.device), tt.expand(len(c)).to(self.device)).float().cpu())
         out = torch.cat(out)
         if self.shift_windows:
             out = torch.roll(out, (-dy, -dx), dims=(2, 3))
@@ -145,7 +157,7 @@ class SlicePrior:
     def cached(self, cache, calls: int) -> Iterator[None]:
         """Attach a `ditlab.core.accel` cache policy for one solver run of `calls` network evaluations (per chunk
         of slices, each chunk in its own context), with one window roll for the whole run."""
-        with cache.attach(self.model, calls):
+        with cache.attach(self.prepared().net, calls):
             self._roll = self._draw_roll() if self.shift_windows else None
             try:
                 yield

@@ -147,14 +147,20 @@ def sample(
     shift: float = 1.0,
     progress: bool | Callable[[int, int], None] = False,
     cache: CachePolicy | None = None,
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Draw samples of `shape` from `model` trained on `path`. Seeded by `generator` (noise is drawn on
     the CPU, so a seed gives the same samples on any device). `guidance_scale` != 1 turns on
     classifier-free guidance; for class-conditional models the null class is the default unconditional
     input, otherwise pass `uncond_kwargs`. `cache` (a `ditlab.core.accel` policy) reuses transformer
     features across the model calls of this run: attached for this run's number of model calls (one batched
-    call per evaluation, guided or not), in the caller's current hook context (`ditlab.core.hooks.context`)."""
-    from ditlab.core.accel.cache import CachePolicy  # here, so that accel may build on the samplers
+    call per evaluation, guided or not), in the caller's current hook context (`ditlab.core.hooks.context`).
+    `precision` (`ditlab.core.accel.auto`; None: "auto", or $DITLAB_PRECISION) is how the network computes:
+    "auto" runs the mode calibrated fastest for this model, machine and call shape within its error bound
+    (measured once, then read from the cache), or name one: "fp32", "bf16+compile", "int8+compile", ..."""
+    from ditlab.core.accel import auto  # here, so that accel may build on the samplers
+    from ditlab.core.accel.cache import CachePolicy
+    from ditlab.core.accel.ras import RegionAdaptive
 
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
@@ -173,8 +179,18 @@ def sample(
         raise InputError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
     x = x_T.to(device=device, dtype=torch.float32)
     den = Denoiser(model, path, guidance_scale, model_kwargs, uncond_kwargs)
+
+    def probe() -> auto.Probe:  # the calibration's call: this run's batch (CFG-doubled), inputs and time range
+        batch = torch.cat([x, x]) if den.guided else x
+        scale = float(path.model_time(torch.tensor(1.0))) if is_flow else float(path.num_train_timesteps)
+        return auto.Probe(batch, den.batched if den.guided else den.kwargs, time_scale=scale)
+
+    # region-adaptive sampling changes the token count per call: compiled blocks would recompile every call
+    prepared = auto.prepare(model, precision, probe, compile_ok=not isinstance(cache, RegionAdaptive))
+    den.model = prepared.net
     total_calls = 2 * steps - 1 if sampler == "heun" else steps  # Heun's last step is an Euler step
-    with cache.attach(model, total_calls) if cache is not None else contextlib.nullcontext():
+    with (cache.attach(prepared.net, total_calls) if cache is not None else contextlib.nullcontext(),
+          prepared.context()):
         if is_flow:
             return sample_flow(den, x, steps, sampler, shift, x0_hook, callback, progress)
         return sample_vp(den, x, steps, sampler, eta, generator, x0_hook, callback, progress)

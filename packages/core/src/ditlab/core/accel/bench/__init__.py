@@ -37,9 +37,9 @@ from ditlab.core.accel.bench.subjects import FULL, GPU, QUICK
 __all__ = ["gpu_run", "main", "run"]
 
 
-def main(quick: bool, json_path: Path | None, gpu: bool = False) -> None:
-    """Entry point of `ditlab core benchmark --accel [--gpu]`."""
+def main(quick: bool, json_path: Path | None, gpu: bool = False, only: str | None = None) -> None:
+    """Entry point of `ditlab core benchmark --accel [--gpu] [--only TASK]`."""
     if gpu:
         gpu_run(GPU, json_path)
         return
-    run(QUICK if quick else FULL, json_path)
+    run(QUICK if quick else FULL, json_path, only=only)

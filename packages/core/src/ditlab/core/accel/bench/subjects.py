@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ditlab.core.accel import bench_model
+from ditlab.core.accel import auto, bench_model
 from ditlab.core.demo import load_demo
 from ditlab.core.models import DiT
 from ditlab.core.models.interop import dit_to_diffusers
@@ -42,6 +42,8 @@ class AccelSize:
     precision_train_steps: int = 0
     precision_train_batch: int = 16
     reference_factor: int = 2
+    auto_taylor: tuple[int, ...] = (3,)  # TaylorSeer(interval, order=1) rows on top of the auto path
+    auto_snr_db: float = auto.MIN_SNR_DB  # the auto path's error bound
 
 
 FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8, precision_batch=8, ras_batch=8,
@@ -49,7 +51,7 @@ FULL = AccelSize(steps=50, guidance=2.0, repeats=3, demo_batch=16, cache_batch=8
                  taylor=tuple((i, o) for i in (2, 3, 4) for o in (1, 2)), fbc=(0.05, 0.1, 0.2),
                  ras=(PAPER_RAS, {"ratio": 0.35, "cooldown": 0}, {"ratio": 0.3}, {"ratio": 0.35}, {"ratio": 0.4},
                       {"ratio": 0.5}), precision_width="S",
-                 precision_train_steps=300)
+                 precision_train_steps=300, auto_taylor=(2, 3, 4))
 QUICK = AccelSize(steps=50, guidance=2.0, repeats=1, demo_batch=4, cache_batch=2, precision_batch=4, ras_batch=1,
                   ras_train_steps=30, ras_train_batch=8, compile=False, fora=(3,), delta_dit=(2,), taylor=((3, 2),),
                   fbc=(0.1,), ras=({"ratio": 0.5},))
@@ -64,7 +66,7 @@ class Subjects:
 
     demo: DiT
     shapes32: DiT
-    ras: DiT
+    ras: DiT | None
     ras_note: str = ""
     precision: DiT | None = None  # None: shapes32
     precision_note: str = "shapes32"
@@ -104,11 +106,12 @@ def precision_subject(size: AccelSize) -> tuple[DiT, str]:
                    f"steps, batch {size.precision_train_batch}, in {bench_model.cache_dir()}; not shipped)")
 
 
-def load_subjects(size: AccelSize) -> Subjects:
-    """The shipped demo and shapes32 models, shapes64 and (with `precision_width` "S") shapes32-S from the
-    benchmark cache (trained there if missing)."""
-    subjects = Subjects(load_demo(), bench_model.load_shapes32(), *ras_subject(size))
-    if size.precision_width == "S":
+def load_subjects(size: AccelSize, ras: bool = True, precision: bool = True) -> Subjects:
+    """The shipped demo and shapes32 models, shapes64 (with `ras`) and, with `precision` and `precision_width` "S",
+    shapes32-S from the benchmark cache (trained there if missing)."""
+    ras_model, ras_note = ras_subject(size) if ras else (None, "")
+    subjects = Subjects(load_demo(), bench_model.load_shapes32(), ras_model, ras_note)
+    if precision and size.precision_width == "S":
         subjects.precision, subjects.precision_note = precision_subject(size)
     return subjects
 
@@ -135,13 +138,17 @@ class DiffusersDiT(nn.Module):
     through in one call, so one context ("cfg-batch") serves every call. Counts the attention and MLP modules
     that actually run, for a module-level NFE-equivalent."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, count: bool = True):
         super().__init__()
         from diffusers.hooks import HookRegistry
 
         self.model = model
         self.registry = HookRegistry.check_if_exists_or_initialize(model)
         self.module_calls = 0
+        self.depth = len(model.transformer_blocks)
+        if not count:  # (a compiled model: a Python counter inside the graph would break it)
+            self.module_calls = None
+            return
         for block in model.transformer_blocks:
             for module in (block.attn1.to_out[0], block.ff.net[2]):
                 module.register_forward_hook(self._count)
@@ -158,15 +165,20 @@ class DiffusersDiT(nn.Module):
     def reset(self) -> None:
         """Forget hook state and counts: every sampling run starts cold, like a fresh pipeline call."""
         self.registry.reset_stateful_hooks()
-        self.module_calls = 0
+        if self.module_calls is not None:
+            self.module_calls = 0
 
-    def nfe_equivalent(self) -> float:
-        return self.module_calls / (2 * len(self.model.transformer_blocks))
+    def nfe_equivalent(self) -> float | None:
+        return None if self.module_calls is None else self.module_calls / (2 * self.depth)
 
 
-def diffusers_model(model: DiT, hook: Callable[[nn.Module], object] | None = None) -> DiffusersDiT:
-    """`model` as a diffusers DiT (fresh copy, on the model's device) with an optional cache hook applied."""
+def diffusers_model(model: DiT, hook: Callable[[nn.Module], object] | None = None, compile: bool = False
+                    ) -> DiffusersDiT:
+    """`model` as a diffusers DiT (fresh copy, on the model's device) with an optional cache hook applied, or
+    compiled whole with `torch.compile` (diffusers' own way; its DiT defines no repeated blocks to compile)."""
     ref = dit_to_diffusers(model).to(next(model.parameters()).device)
     if hook is not None:
         hook(ref)
-    return DiffusersDiT(ref)
+    if compile:
+        ref.compile(dynamic=False)
+    return DiffusersDiT(ref, count=not compile)

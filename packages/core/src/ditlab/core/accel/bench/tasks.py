@@ -8,13 +8,14 @@ import copy
 import functools
 import inspect
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ditlab.core.accel import precision
+from ditlab.core.accel import auto, precision
 from ditlab.core.accel.bench.subjects import AccelSize, DiffusersDiT, Inputs, diffusers_model
 from ditlab.core.accel.cache import FORA, CachePolicy, DeltaDiT, FirstBlockCache, TaylorSeer
 from ditlab.core.accel.ras import RegionAdaptive
@@ -27,6 +28,8 @@ from ditlab.core.models import DiT
 DATA_RANGE = 2.0  # samples live in [-1, 1]
 UNCACHED = "uncached"
 DIFFUSERS_BASE, DIFFUSERS_EAGER = "diffusers uncached", "diffusers fp32 eager"
+DIFFUSERS_COMPILED = "diffusers fp32 + torch.compile"
+AUTO = "ditlab default (precision auto)"
 DIFFUSERS_TAYLOR_MODULES = [r"transformer_blocks\.\d+\.(attn1|ff)"]  # what our TaylorSeer forecasts, per module
 M_WALL, M_SPEED, M_NFE = "wall s", "speed-up (x)", "NFE-equivalent"
 M_PSNR, M_PSNR_REF, M_LOSS = "PSNR vs baseline (dB)", "PSNR vs reference (dB)", "PSNR loss (dB)"
@@ -86,7 +89,8 @@ def theirs(wrapper: DiffusersDiT, inputs: Inputs, size: AccelSize) -> Method:
     def run(steps: int) -> tuple[torch.Tensor, float]:
         wrapper.reset()
         x = _draw(wrapper, inputs, size, steps)
-        return x, wrapper.nfe_equivalent()
+        nfe = wrapper.nfe_equivalent()
+        return x, float(steps) if nfe is None else nfe
 
     return run
 
@@ -191,20 +195,43 @@ def diffusers_task(report: Report, model: DiT, inputs: Inputs, reference: torch.
     return {k: v for k, v in summary.items() if "on attn1+ff" in k}
 
 
+def cfg_probe(inputs: Inputs, device: torch.device) -> auto.Probe:
+    """The calibration call of the auto path: the task's CFG batch (conditional and null-class rows)."""
+    labels = inputs.labels.to(device)
+    x = inputs.x_T.to(device)
+    return auto.Probe(torch.cat([x, x]), {"class_labels": torch.cat([labels, torch.full_like(labels, inputs.null)])},
+                      time_scale=float(PATH.model_time(torch.tensor(1.0))))
+
+
+@dataclass
+class PrecisionRows:
+    """What the precision task hands the goals: the summary, the names of the cached and auto rows, and the
+    auto path's choice."""
+
+    summary: dict[str, dict[str, float]]
+    cached: str
+    auto: str
+    auto_cached: tuple[str, ...]
+    choice: auto.Choice
+
+
 def precision_task(report: Report, model: DiT, inputs: Inputs, reference: torch.Tensor, size: AccelSize,
-                   best_cache: str, device: torch.device, name: str = "shapes32") -> tuple[dict, str]:
-    """Precision and compile rows against diffusers fp32 eager; returns the summary and the cached method's name."""
+                   best_cache: str, device: torch.device, name: str = "shapes32") -> PrecisionRows:
+    """Precision and compile rows against diffusers fp32 eager (and compiled), with the default auto path alone and
+    under TaylorSeer caches; the auto path is calibrated first (its table goes into the notes)."""
     model = copy.deepcopy(model).to(device)
     bf16 = functools.partial(precision.autocast, device, "bf16", allow_fallback=True)
-    methods = {DIFFUSERS_EAGER: theirs(diffusers_model(model), inputs, size),
-               "ditlab fp32 eager": ours(model, inputs, size),
-               "ditlab bf16 autocast": ours(model, inputs, size, precision_ctx=bf16)}
-    compiled: tuple[str, ...] = ()
+    methods = {DIFFUSERS_EAGER: theirs(diffusers_model(model), inputs, size)}
+    if size.compile:
+        methods[DIFFUSERS_COMPILED] = theirs(diffusers_model(model, compile=True), inputs, size)
+    methods.update({"ditlab fp32 eager": ours(model, inputs, size),
+                    "ditlab bf16 autocast": ours(model, inputs, size, precision_ctx=bf16)})
+    compiled: tuple[str, ...] = (DIFFUSERS_COMPILED,) if size.compile else ()
     fast, fast_name = model, "ditlab bf16"
     if size.compile:
         fast, fast_name = precision.compile_blocks(copy.deepcopy(model)), "ditlab bf16 + compile_blocks"
         methods[fast_name] = ours(fast, inputs, size, precision_ctx=bf16)
-        compiled = (fast_name,)
+        compiled += (fast_name,)
         scheme, ctx = ("fp8", bf16) if device.type == "cuda" else ("int8_dynamic", contextlib.nullcontext)
         name_q = f"ditlab {scheme.replace('_', ' ')} (torchao) + compile_blocks"
         try:
@@ -216,9 +243,27 @@ def precision_task(report: Report, model: DiT, inputs: Inputs, reference: torch.
             compiled += (name_q,)
     cached = f"{fast_name} + {best_cache}"
     methods[cached] = ours(fast, inputs, size, policies(size)[best_cache], bf16)
+    start = time.perf_counter()
+    run = auto.prepare(model, "auto", cfg_probe(inputs, device), min_snr_db=size.auto_snr_db)
+    calibration_s = time.perf_counter() - start
+    auto_name = f"{AUTO} = {run.mode}"
+    methods[auto_name] = ours(run.net, inputs, size, precision_ctx=run.context)
+    auto_cached = []
+    for interval in size.auto_taylor:
+        row = f"{auto_name} + TaylorSeer(interval={interval}, order=1)"
+        methods[row] = ours(run.net, inputs, size, functools.partial(TaylorSeer, interval=interval, order=1),
+                            run.context)
+        auto_cached.append(row)
+    if auto.MODES[run.mode].compile:
+        compiled += (auto_name,)
     task = (f"precision and compile ({device.type}): {name}, {size.steps} Euler steps, batch {len(inputs.x_T)}; "
             f"baseline {DIFFUSERS_EAGER}")
-    return task_rows(report, task, measure(methods, size), DIFFUSERS_EAGER, reference, compiled), cached
+    report.notes.append(
+        f"{task.split(',')[0]}, {name.split(' (')[0]}: the auto path's calibration ({run.choice.source}, "
+        f"{calibration_s:.0f} s; call {cfg_probe(inputs, device).signature}; bound SNR >= {size.auto_snr_db:g} dB "
+        f"against fp32 eager) chose {run.mode}: {run.choice.reason}\n\n{run.choice.table()}")
+    summary = task_rows(report, task, measure(methods, size), DIFFUSERS_EAGER, reference, compiled)
+    return PrecisionRows(summary, cached, auto_name, tuple(auto_cached), run.choice)
 
 
 def ras_name(kw: dict) -> str:
