@@ -47,6 +47,11 @@ def test_dit_to_diffusers_names_the_field_diffusers_cannot_express(field, value)
         dit_to_diffusers(tiny_dit(**{field: value}))
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the auto rows' calibration lands here
+
+
 def test_accel_benchmark_writes_the_report_schema(tmp_path, one_thread):
     tiny = subjects.Subjects(demo=tiny_dit(1), shapes32=tiny_dit(2), ras=tiny_dit(3), ras_note="tiny")
     out = tmp_path / "accel.json"
@@ -67,8 +72,12 @@ def test_accel_benchmark_writes_the_report_schema(tmp_path, one_thread):
     same = [r["value"] for r in report["rows"]
             if r["method"] == "diffusers uncached" and r["metric"] == "PSNR vs ditlab uncached (dB)"]
     assert same and same[0] > 60  # identical weights: the two engines agree to fp32 rounding
-    assert "| method |" in printed[0] and list(tmp_path.iterdir()) == [out]
+    assert "| method |" in printed[0] and out in list(tmp_path.iterdir())
     assert any(r["task"].startswith("precision and compile (cpu): shapes32,") for r in report["rows"])
+    assert any(m.startswith("ditlab default (precision auto) = ") for m in methods)
+    assert any(m.endswith("+ TaylorSeer(interval=3, order=1)") for m in methods)
+    assert [g["name"] for g in report["goals"] if g["name"].startswith("G5")] and any(
+        "auto path's calibration" in n for n in report.get("notes", []))
 
 
 def test_precision_rows_use_the_precision_subject(one_thread):
@@ -77,6 +86,15 @@ def test_precision_rows_use_the_precision_subject(one_thread):
     report = runs.run(TINY, subjects=tiny, echo=lambda _: None)
     tasks = {r["task"] for r in report["rows"] if r["task"].startswith("precision")}
     assert tasks == {"precision and compile (cpu): tiny-S, 3 Euler steps, batch 2; baseline diffusers fp32 eager"}
+
+
+def test_only_one_task_runs_that_task(one_thread):
+    tiny = subjects.Subjects(demo=tiny_dit(1), shapes32=tiny_dit(2), ras=tiny_dit(3), ras_note="tiny")
+    report = runs.run(TINY, subjects=tiny, echo=lambda _: None, only="precision")
+    assert {r["task"].split(":")[0] for r in report["rows"]} == {"precision and compile (cpu)"}
+    assert {g["name"][:2] for g in report["goals"]} == {"G3", "G4", "G5"}
+    with pytest.raises(Exception, match="--only must be one of"):
+        runs.run(TINY, subjects=tiny, echo=lambda _: None, only="speed")
 
 
 def test_kernel_rows_land_in_the_report(one_thread):

@@ -92,8 +92,9 @@ def test_the_choice_is_cached_per_model_and_recalibrated_when_the_weights_change
     assert other_batch.key != first.key
     with torch.no_grad():
         model.blocks[0].x.qkv.weight.mul_(1.5)
-    assert auto.choose(model, probe, modes=["fp32"]).source == "calibrated"
-    files[0].write_text("{not json")  # a damaged file is measured again, not trusted
+    changed = auto.choose(model, probe, modes=["fp32"])
+    assert changed.source == "calibrated" and changed.key != first.key
+    (cache_home / f"{changed.key}.json").write_text("{not json")  # a damaged file is measured again, not trusted
     assert auto.choose(model, probe, modes=["fp32"]).source == "calibrated"
 
 
@@ -139,3 +140,11 @@ def test_sample_runs_the_auto_choice_close_to_fp32(cache_home, monkeypatch):
     assert "x(4, 2, 8, 8)" in auto.Probe(torch.zeros(4, 2, 8, 8)).signature  # CFG doubles the calibration batch
     with pytest.raises(InputError, match="precision must be one of"):
         sample(model, FlowMatching(), (2, 2, 8, 8), precision="half", **kw)
+
+
+def test_a_model_the_caller_already_quantized_runs_as_given(cache_home):
+    model = precision.quantize(tiny_dit(), "int8_dynamic")
+    run = auto.prepare(model, "auto")
+    assert run.net is model and run.mode == "as given" and "quantized" in run.choice.reason
+    assert not list(cache_home.glob("*.json"))  # nothing calibrated
+    assert auto.weights_fingerprint(model)  # quantized weights still get a fingerprint

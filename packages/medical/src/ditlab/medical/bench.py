@@ -60,22 +60,28 @@ def _model():
     return load_prior()
 
 
-def _prior(method: str, batch: int, seed: int = 0, model=None) -> SlicePrior | None:
+def _prior(method: str, batch: int, seed: int = 0, model=None, precision: str | None = None) -> SlicePrior | None:
     """What `reconstruct` would build for `method` from the packaged prior (or `model`), on the process's one copy
-    of it."""
+    of it, computing in `precision` (None: the default, auto), prepared (calibrated, compiled) before any timing."""
     if method not in DIT_METHODS:
         return None
-    return SlicePrior(model or _model(), batch=batch, generator=torch.Generator().manual_seed(seed))
+    prior = SlicePrior(model or _model(), batch=batch, generator=torch.Generator().manual_seed(seed),
+                       precision=precision)
+    run = prior.prepared(grad=method == "dps")
+    with torch.no_grad(), run.context():  # a compiled network compiles on its first call: not in the timed run
+        run.net(torch.zeros(batch, 1, 64, 64, device=prior.device), torch.full((batch,), 500.0, device=prior.device))
+    return prior
 
 
 def score(vol: np.ndarray, acq: Acquisition, method: str, tv_lambda: float | None = None, seed: int = 0,
-          model=None, **changes) -> dict:
+          model=None, precision: str | None = None, **changes) -> dict:
     """Simulate `acq` of `vol` (1% noise), reconstruct it with `method` (the task's defaults, with `tv_lambda`
     when given, and `changes`) and return `evaluate`'s metrics (with the safeguard's count for DiT methods)."""
     meas = simulate_volume(vol, acq, noise=0.01, seed=seed)
     settings = defaults(acq.task) if tv_lambda is None else defaults(acq.task).replace(tv_lambda=tv_lambda)
     settings = settings.replace(**changes)
-    rec, res = reconstruct_volume(meas, method, settings, prior=_prior(method, settings.batch, model=model))
+    prior = _prior(method, settings.batch, model=model, precision=precision)
+    rec, res = reconstruct_volume(meas, method, settings, prior=prior)
     out = evaluate(rec.data, vol, meas, res)
     if res.safeguard.status != "off":
         out["safeguard_backed_off"] = float(res.safeguard.backed_off)
@@ -95,6 +101,26 @@ def cache_runs(vol: np.ndarray, acq: Acquisition, policies: tuple[str, ...] = CA
     base = out["dds"]
     for m in out.values():
         m["speedup"], m["psnr_loss"] = base["seconds"] / m["seconds"], base["psnr"] - m["psnr"]
+    return out
+
+
+PRECISION_TASK = "CT 8 views, DDS by precision"
+ISSUE11_DEFAULT = "dds, issue 11's default"
+
+
+def precision_runs(vol: np.ndarray, acq: Acquisition, record: Callable[[str, str, dict], None]) -> dict[str, dict]:
+    """DDS on `vol` in fp32 eager, in issue 11's default (bf16 wherever the CPU lists a bf16 flag) and in today's
+    default (precision auto), in this process, each prepared (calibrated, compiled) before its timed run; speed-up
+    and PSNR loss against fp32 eager, and the auto path's mode."""
+    from ditlab.core.accel.precision import bf16_supported
+
+    old = "bf16" if bf16_supported("cpu")[0] else "fp32"
+    rows = {"dds, fp32 eager": "fp32", f"{ISSUE11_DEFAULT} ({old})": old, "dds, default (precision auto)": None}
+    out = {name: score(vol, acq, "dds", precision=p) for name, p in rows.items()}
+    base = out["dds, fp32 eager"]
+    for name, m in out.items():
+        m["speedup"], m["psnr_loss"] = base["seconds"] / m["seconds"], base["psnr"] - m["psnr"]
+        record(PRECISION_TASK, name, m)
     return out
 
 
@@ -246,10 +272,31 @@ def add_goals(report: Report, results: dict[tuple[str, str], dict], ood_label: s
         report.goal("peak memory <= 4096 MB", 4096, dit["peak_mb"], "lower")
 
 
+def precision_goals(report: Report, results: dict[tuple[str, str], dict]) -> None:
+    """Issue 12's medical goal: DDS by default (auto) >= 2x faster than issue 11's default, PSNR within 0.1 dB."""
+    rows = {k[1]: m for k, m in results.items() if k[0] == PRECISION_TASK}
+    old = next(m for k, m in rows.items() if k.startswith(ISSUE11_DEFAULT))
+    new = rows["dds, default (precision auto)"]
+    report.goal(f"DDS default (auto) vs issue 11's default (x), PSNR {new['psnr'] - old['psnr']:+.3f} dB "
+                f"(within 0.1 dB: {abs(new['psnr'] - old['psnr']) <= 0.1})", 2.0, old["seconds"] / new["seconds"])
+
+
+def _precision_note(shape: tuple[int, int, int]) -> str:
+    from ditlab.medical.models import SlicePrior
+
+    prior = SlicePrior(_model())
+    return (f"{PRECISION_TASK}: the whole {'x'.join(map(str, shape))} test phantom, one run each in this process "
+            f"after the network was prepared; the default path ran {prior.prepared().line}.")
+
+
 def run_benchmark(quick: bool = False, json_path: str | Path | None = None, threads: int = 0,
-                  echo: Callable[[str], object] = print) -> dict:
-    """Run every setting and method, print a line per result and then the tables and goals, write the JSON
-    when asked; return it."""
+                  echo: Callable[[str], object] = print, only: str | None = None) -> dict:
+    """Run every setting and method (or `only` "precision": the precision rows), print a line per result and then
+    the tables and goals, write the JSON when asked; return it."""
+    from ditlab.core.errors import UsageError
+
+    if only not in (None, "precision"):
+        raise UsageError(f"--only must be 'precision', got {only!r}")
     start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -264,6 +311,12 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
             if metric in m:
                 report.row(label, method, metric, m[metric])
         echo(f"{label} / {method}: PSNR {m['psnr']:.2f} dB, {m['seconds']:.1f} s, NFE {m['nfe']:g}")
+
+    if only == "precision":
+        precision_runs(truth, Acquisition("sparse-view", 8), record)
+        precision_goals(report, results)
+        report.notes.append(_precision_note(shape))
+        return report.publish(json_path, echo)
 
     z = shape[2] // 2
     for label, acq, methods, slices in settings_grid(quick):
@@ -284,11 +337,14 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
 
     for method, m in cache_runs(truth, acq8, CACHE_POLICIES[:1] if quick else CACHE_POLICIES).items():
         record(CACHE_TASK, method, m)
+    precision_runs(truth, acq8, record)
     lambdas = ood_runs(quick, record)
     ood_ct = f"OOD {FINETUNE_FAMILY}, CT 8 views"
     finetune_label = finetune_runs(quick, record, {m: results[(ood_ct, m)] for m in ("tv", "dds")})
 
     add_goals(report, results, ood_label, quick, finetune_label)
+    precision_goals(report, results)
+    report.notes.append(_precision_note(shape))
     report.notes.append("OOD families: 64x64x16, test seeds " + ("0" if quick else "0 and 1 (means)") + "; TV lambdas "
                         "tuned per family on validation seed 100: " + ", ".join(f"{k}: {v:g}" for k, v in
                                                                                  lambdas.items()) + ".")

@@ -281,11 +281,12 @@ def benchmark(
     quick: bool = typer.Option(False, help="64x64x32 volumes and fewer methods (a few minutes)."),
     json_path: Path = JSON_OPT,
     threads: int = THREADS_OPT,
+    only: str = typer.Option(None, "--only", help="precision: only DDS in fp32, issue 11's default and auto."),
 ) -> None:
     """Reconstruction quality, time and memory of every method side by side, with the issue's goals."""
     from ditlab.medical.bench import run_benchmark
 
-    run_benchmark(quick=quick, json_path=json_path, threads=threads)
+    run_benchmark(quick=quick, json_path=json_path, threads=threads, only=only)
 
 
 @app.command()

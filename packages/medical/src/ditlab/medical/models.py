@@ -70,6 +70,12 @@ def load_prior(weights: str | Path | None = None, device: str | torch.device = "
     return model.float().eval()
 
 
+PRIOR_MIN_SNR_DB = 40.0
+"""The auto path's error bound for the prior (per-call SNR against fp32, dB): looser than core's sampling bound,
+since every DDS step pulls the estimate back to the measurements. bf16 (per-call SNR 41-46 dB) moved DDS on the
+quick benchmark's test phantom by 0.001 dB (`ditlab medical benchmark --quick --only precision`)."""
+
+
 class SlicePrior:
     """Clean-slice estimates x0_hat(x_t, t) from a trained prior, in window units [0, 1].
 
@@ -113,7 +119,7 @@ class SlicePrior:
             x = torch.randn((self.batch, 1, TILE, TILE), generator=torch.Generator().manual_seed(0))
             return Probe(x.to(self.device), time_scale=float(PATH.model_time(torch.tensor(1.0))))
 
-        return prepare(self.model, self.precision, probe, need_grad=grad)
+        return prepare(self.model, self.precision, probe, need_grad=grad, min_snr_db=PRIOR_MIN_SNR_DB)
 
     @property
     def mode(self) -> str:

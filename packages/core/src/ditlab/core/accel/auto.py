@@ -172,6 +172,12 @@ def apply(model: nn.Module, mode: Mode | str) -> tuple[nn.Module, Callable[[], A
     return net, ctx
 
 
+def _context(model: nn.Module, mode: Mode) -> Callable[[], AbstractContextManager]:
+    """The autocast context `apply` would hand back for `mode` (fp8 blocks run under bf16)."""
+    fmt = "bf16" if mode.fmt in ("bf16", "fp8") else "fp32"
+    return functools.partial(_precision.autocast, _precision._device_of(model), fmt)
+
+
 # ----------------------------------------------------------------------------------------------
 # Calibration
 # ----------------------------------------------------------------------------------------------
@@ -349,7 +355,9 @@ def calibrate(model: nn.Module, probe: Probe, modes: list[str] | None = None, mi
         trials[name].ms = 1e3 * sorted(ts)[len(ts) // 2]
     ordered = [trials[n] for n in names]
     mode, reason = pick(ordered, min_snr_db, allowed)
-    return Choice(mode, reason, ordered, min_snr_db)
+    choice = Choice(mode, reason, ordered, min_snr_db)
+    choice.built = {name: net for name, (net, _) in nets.items()}  # not saved: lets `prepare` skip a recompile
+    return choice
 
 
 # ----------------------------------------------------------------------------------------------
@@ -370,6 +378,9 @@ def weights_fingerprint(model: nn.Module) -> str:
         h.update(json.dumps(asdict(cfg), sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, p in model.state_dict().items():
+            if type(p) is not torch.Tensor:  # a quantized tensor subclass: its shape and type, and who it is
+                h.update(f"{name}{tuple(p.shape)}{type(p).__name__}{id(p)}".encode())
+                continue
             flat = p.detach().flatten().float().cpu()
             h.update(f"{name}{tuple(p.shape)}{flat.sum().item():.6e}".encode())
             h.update(flat[:256].numpy().tobytes() + flat[-256:].numpy().tobytes())
@@ -455,6 +466,17 @@ def _versions(model: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
+def already_optimized(model: nn.Module) -> str | None:
+    """Why `model` already is a computed form (quantized weights, compiled blocks), or None for a plain model:
+    auto then runs it as it is instead of converting it again."""
+    blocks = getattr(model, "blocks", None) or []
+    if any(getattr(b, "_compiled_call_impl", None) is not None for b in blocks):
+        return "its blocks are already compiled"
+    if any(type(p.data) is not torch.Tensor for p in model.parameters()):
+        return "its weights are already quantized"
+    return None
+
+
 def prepare(model: nn.Module, precision: str | None = None, probe: Probe | Callable[[], Probe] | None = None, *,
             need_grad: bool = False, compile_ok: bool = True, min_snr_db: float = MIN_SNR_DB,
             log: Callable[[str], object] | None = None) -> Prepared:
@@ -479,6 +501,10 @@ def prepare(model: nn.Module, precision: str | None = None, probe: Probe | Calla
                              f"them (choose fp32 or bf16, or auto)")
         net, ctx = apply(model, mode)
         prepared = Prepared(net, ctx, precision, Choice(precision, "requested", source="requested"))
+    elif already_optimized(model):  # the caller built its own fast form (`optimize`): run it as it is
+        net, ctx = model, contextlib.nullcontext
+        prepared = Prepared(net, ctx, "as given", Choice("as given", f"run as given: {already_optimized(model)}",
+                                                         source="requested"))
     else:
         def allowed(m: Mode) -> bool:
             return (not need_grad or m.fmt in ("fp32", "bf16")) and (compile_ok or not m.compile)
@@ -486,11 +512,12 @@ def prepare(model: nn.Module, precision: str | None = None, probe: Probe | Calla
         choice = choose(model, probe() if callable(probe) and not isinstance(probe, Probe) else probe,
                         min_snr_db=min_snr_db, log=log)
         mode_name, reason = pick(choice.trials, min_snr_db, allowed)
+        built = choice.__dict__.pop("built", {}).get(mode_name)  # calibrated in this process: already compiled
         if mode_name != choice.mode:
             choice = Choice(mode_name, reason + " (restricted: " + ", ".join(
                 r for r, on in (("gradients needed", need_grad), ("no compile", not compile_ok)) if on) + ")",
                 choice.trials, min_snr_db, choice.key, choice.source)
-        net, ctx = apply(model, MODES[mode_name])
+        net, ctx = apply(model, MODES[mode_name]) if built is None else (built, _context(model, MODES[mode_name]))
         prepared = Prepared(net, ctx, mode_name, choice)
     if net is not model:
         net.eval()

@@ -62,7 +62,8 @@ def _draw(model: nn.Module, inputs: Inputs, size: AccelSize, steps: int, cache: 
     with torch.inference_mode(), precision_ctx():
         x = sample(model, PATH, tuple(inputs.x_T.shape), sampler=sampler, steps=steps, guidance_scale=size.guidance,
                    x_T=inputs.x_T,
-                   model_kwargs={"class_labels": labels}, uncond_kwargs={"class_labels": null}, cache=cache)
+                   model_kwargs={"class_labels": labels}, uncond_kwargs={"class_labels": null}, cache=cache,
+                   precision="fp32")  # the network as the method built it (fp32 = no conversion by `sample`)
     return x.float().cpu()
 
 
