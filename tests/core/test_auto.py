@@ -148,3 +148,13 @@ def test_a_model_the_caller_already_quantized_runs_as_given(cache_home):
     assert run.net is model and run.mode == "as given" and "quantized" in run.choice.reason
     assert not list(cache_home.glob("*.json"))  # nothing calibrated
     assert auto.weights_fingerprint(model)  # quantized weights still get a fingerprint
+
+
+def test_a_network_that_is_not_reproducible_is_not_calibrated(cache_home):
+    model = tiny_dit()
+    model.y_embedder.train()  # label dropout on: every call draws other labels
+    model.y_embedder.dropout_prob = 0.9
+    probe = auto.Probe(torch.randn(8, 2, 8, 8), {"class_labels": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])}, 1000.0)
+    choice = auto.choose(model, probe, modes=["fp32", "int8"])
+    assert choice.mode == "fp32" and "not reproducible" in choice.reason and choice.source == "not calibrated"
+    assert not list(cache_home.glob("*.json"))

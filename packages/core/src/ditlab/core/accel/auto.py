@@ -326,6 +326,12 @@ def calibrate(model: nn.Module, probe: Probe, modes: list[str] | None = None, mi
     trials: dict[str, Trial] = {}
     refs = [probe(model, t) for t in PROBE_TIMES]
     fp32_ms = 1e3 * min(_timed(lambda: probe(model, 0.5), device) for _ in range(2))
+    again = snr_db(probe(model, PROBE_TIMES[-1]), refs[-1])
+    if again < min_snr_db:  # dropout left on, a stateful hook attached, ...: no error can be measured against it
+        return Choice("fp32", f"fp32 eager: the network's output is not reproducible (two fp32 calls agree to "
+                              f"{again:.1f} dB < {min_snr_db:g} dB: is it in training mode, or a stateful hook "
+                              f"attached?); nothing calibrated", [Trial("fp32", fp32_ms, again)], min_snr_db,
+                      source="not calibrated")
     nets = {}
     for name in names:
         mode = MODES[name]
@@ -431,7 +437,7 @@ def choose(model: nn.Module, probe: Probe | None = None, *, min_snr_db: float = 
             return found
     choice = calibrate(model, probe, names, min_snr_db, log=log)
     choice.key = key
-    if cache:
+    if cache and choice.source == "calibrated":
         try:
             write_json(path, choice.to_dict())
         except OSError as err:  # a read-only home: the choice still holds for this process
