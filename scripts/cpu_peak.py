@@ -61,7 +61,7 @@ def main() -> None:
             p.normal_(0, 0.02)
     probe = auto.default_probe(model, 16)
     per_call = 16 * 2 * 6.05e9
-    print(f"\n| DiT-S forward, batch 16 | ms | G(FL)OP/s |\n|---|---|---|")
+    print("\n| DiT-S forward, batch 16 | ms | G(FL)OP/s |\n|---|---|---|")
     for name, missing in auto.available("cpu").items():
         if missing:
             continue
