@@ -461,6 +461,8 @@ class Prepared:
     @property
     def line(self) -> str:
         """One line for logs and reports: `precision bf16+compile (auto: ...)`."""
+        if self.choice.reason == "requested":
+            return f"precision {self.mode} (as requested)"
         return f"precision {self.mode} ({self.choice.source}: {self.choice.reason})"
 
 
