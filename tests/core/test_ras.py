@@ -1,6 +1,9 @@
 """Region-adaptive sampling: exact where it should be, cheaper after warm-up, no token starved, bad input
 and unsupported models refused, the model restored."""
 
+import functools
+import math
+
 import pytest
 import torch
 
@@ -183,3 +186,93 @@ def test_key_value_forecast_is_exact_for_an_unchanged_input():
         sparse = m(x, t, **LABELS)
         assert policy.state().kv_slope[0] is not None and policy.stats["full_calls"] == 2
     torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+
+
+class MaskedRAS(RegionAdaptive):
+    """RAS's math without its bookkeeping, as a reference: every call computes every token, and a mask (B, T) of
+    the tokens RegionAdaptive picks says whose keys, values and outputs are fresh; every other token continues
+    the line through its last two computations (keys and values with forecast=2, outputs with forecast >= 1) or
+    keeps its last one. Lines start at the second dense call and move only where fresh."""
+
+    def reset(self, state):
+        super().reset(state)
+        state.lines = {}  # what -> (last value, change per call or None, (B, T) call of the last computation)
+
+    def step(self, state, call, tokens, ctx):
+        b, total, _ = tokens.shape
+        active = max(1, math.ceil(self.ratio * total - 1e-9))
+        state.index = call.index
+        if self._dense(state, call.index, active, total):
+            state.mask, state.age = torch.ones(b, total, dtype=torch.bool), torch.zeros(b, total)
+        else:
+            state.mask = torch.zeros(b, total, dtype=torch.bool).scatter_(1, self._select(state, active), True)
+            state.age = (state.age + 1) * ~state.mask  # what _select reads as the calls each token was skipped
+        for i, block in enumerate(call.blocks):
+            kv = functools.partial(self._keys_values, state, i)
+            tokens, ctx = block(tokens, call.c, call.rope, call.grid, call.key_mask, ctx, call.c, kv=kv)
+        call.computed = self.depth
+        return tokens
+
+    def _line(self, state, what, fresh, spread, sloped, forecast):
+        """`fresh` where the mask is set, else the forecast (or last) value; `spread` puts a (B, T) tensor along
+        fresh's token dimension."""
+        n, mask = state.index, spread(state.mask)
+        if what not in state.lines:
+            state.lines[what] = fresh, None, torch.full(state.mask.shape, n)
+            return fresh
+        last, slope, at = state.lines[what]
+        calls = spread(n - at).float()
+        now = last + slope * calls if forecast and slope is not None else last
+        if sloped and (slope is not None or state.mask.all()):
+            slope = torch.where(mask, (fresh - last) / calls, 0 if slope is None else slope)
+        state.lines[what] = torch.where(mask, fresh, last), slope, torch.where(state.mask, n, at)
+        return torch.where(mask, fresh, now)
+
+    def _keys_values(self, state, i, k, v):
+        def spread(x):
+            return x[:, None, :, None]
+
+        two = self.forecast == 2
+        return self._line(state, ("k", i), k, spread, two, two), self._line(state, ("v", i), v, spread, two, two)
+
+    def _final_layer(self, forward, x, c):
+        state = self.state()
+        out = self._line(state, "out", forward(x, c), lambda x: x[..., None], True, self.forecast >= 1)
+        state.out, state.out_slope = state.lines["out"][:2]
+        return out
+
+
+@pytest.mark.parametrize("kw", [{}, {"forecast": 1}, {"forecast": 0, "starvation": 0.5}, {"metric": "change"}],
+                         ids=["forecast2", "forecast1", "reuse", "change"])
+@pytest.mark.parametrize("pos", ["sincos", "rope"])
+def test_samples_match_the_masked_reference(kw, pos):
+    """The gathers, token-row caches and in-place updates compute what the plain masked math does."""
+    m = tiny(pos_embed=pos)
+    settings = {"ratio": 0.3, "warmup": 2, "cooldown": 2, "dense_every": 5, **kw}
+    ref = draw(m, MaskedRAS(**settings), steps=12)
+    policy = RegionAdaptive(**settings)
+    out = draw(m, policy, steps=12)
+    assert policy.stats["full_calls"] == 5  # calls 0, 1 (warm-up), 6 (dense_every), 10, 11 (cool-down)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("forecast", [0, 2])
+def test_sparse_calls_reuse_the_cache_buffers(forecast):
+    """Every per-token cache is allocated once per run and updated in place: the buffers' addresses are those
+    of the first sparse call until the end, the dense cool-down calls included."""
+    m = tiny()
+    policy = RegionAdaptive(ratio=0.3, warmup=2, cooldown=2, forecast=forecast)
+    seen = []
+
+    def buffers(i, t, x, x0):
+        state = policy.state()
+        cached = [*state.kv, *state.kv_slope, state.kv_now, state.out, state.out_slope, state.age]
+        seen.append([t.data_ptr() for t in cached if t is not None])
+
+    with policy.attach(m, total_calls=12):
+        sample(m, FlowMatching(), (2, 1, 16, 16), steps=12, guidance_scale=2.0, model_kwargs=LABELS,
+               generator=torch.Generator().manual_seed(1), callback=buffers)
+    assert policy.stats["full_calls"] == 4
+    kv = 2 * (2 if forecast == 2 else 1) + (forecast == 2)  # 2 blocks' [K | V] rows (+ slopes), (+ the forecast)
+    assert len(seen[2]) == kv + 3  # and the output, its slope, the ages
+    assert all(ptrs == seen[2] for ptrs in seen[2:])

@@ -17,7 +17,8 @@ output (noise / velocity prediction).
   2 (default) extrapolates its keys and values the same way, so the active tokens attend to up-to-date
   context. In `ditlab core benchmark --accel` (1024-token shapes64, 50 Euler steps, 8 samples, 2 CPU threads)
   the paper's reuse at ratio 0.5 loses 6.9 dB (1.67x); the defaults lose none at ratio 0.5 (1.35x) or 0.4
-  (1.57x) and 0.76 dB at 0.35 (1.71x). The price is a pass over every block's K/V per call.
+  (1.57x) and 0.76 dB at 0.35 (1.71x), timed before the token-row caches below. The price is one pass over
+  every block's K/V per call.
 - `metric="change"` ranks tokens by how fast their output changed between their last two computations
   (per call), in place of the spread of the prediction.
 - Dense calls: the first `warmup`, every `dense_every`-th after them, the last `cooldown`, and the first after
@@ -29,8 +30,18 @@ output (noise / velocity prediction).
 
 Cost: a sparse call costs about `ratio` of a dense one in the projections and MLPs, and `ratio` of the
 attention too (ratio x T queries against T keys); `nfe_equivalent()` sums computed / total tokens over
-calls. Memory: K and V of every block for the whole batch (2 x depth x B x T x hidden_size values; twice
-that with forecast=2).
+calls. Layout: every per-token cache (each block's keys and values, their slopes, the output and its slope) is
+a buffer of token rows (B * T, C), allocated on the first dense calls of a run and then updated in place, so a
+sparse call allocates nothing of the caches' size but the output it returns. A block keeps K and V side by side,
+rows [K | V] (B * T, 2 * hidden_size): its new keys and values arrive as views of qkv's (B, T, 3, H, Dh) output,
+where they already are token rows side by side (after RoPE or qk-norm they are copied). A sparse call reads and
+writes only the computed rows (flat indices b * T + token; `index_select`, `index_copy_`) and, with forecast=2,
+makes one pass over each block's cache (`addcmul` of cache, slope and age into a buffer that every block
+shares), whose (B, H, T, Dh) views attention takes as they are. Memory: K and V of every block for the whole
+batch (2 x depth x B x T x hidden_size values; with forecast=2 twice that, plus one block's worth).
+`scripts/ras_speed.py` (shapes64, ratio 0.4, batch 4, fp32 on 1 thread) measured this bookkeeping at 7% of
+a RAS run, where (B, H, T, Dh) caches with gathers, scatters and fresh tensors per call took 20%: the run
+is 1.24x faster, 2.23x faster than uncached sampling (before: 1.81x).
 RAS runs each block with a key/value hook (`DiTBlock.forward(..., kv=...)`) that completes the keys and
 values from its cache, and wraps `final_layer.forward` as well as `run_blocks` (one hook, "feature-cache");
 its state is kept per context like every cache's. The changing token subsets make `compile_blocks`
@@ -52,19 +63,29 @@ from ditlab.core.accel.cache import CachePolicy, CacheState, Call, check_int
 from ditlab.core.errors import InputError
 
 
-def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows `idx` (B, k) of every sample of x (B, T, C) -> (B, k, C)."""
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+def _kv_rows(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Keys and values (B, H, n, Dh) -> token rows [K | V] (B * n, 2 * H * Dh). Where both are still views of
+    qkv's output (B, n, 3, H, Dh) (no RoPE, no qk-norm), K and V lie side by side in each token's row and this is
+    a view of them; else a copy."""
+    b, h, n, dh = k.shape
+    c = h * dh
+    if (k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr() and k.stride() == v.stride()
+            == (n * 3 * c, dh, 3 * c, 1) and v.storage_offset() == k.storage_offset() + c):
+        return k.as_strided((b * n, 2 * c), (3 * c, 1))
+    return torch.cat([t.transpose(1, 2).flatten(2) for t in (k, v)], dim=2).flatten(0, 1)
 
 
-def _per_token(x: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
-    """(B, T) -> a view that broadcasts against an `ndim`-dim tensor whose tokens lie along `dim`."""
-    return x.reshape(x.shape[0], *[1] * (dim - 1), x.shape[1], *[1] * (ndim - dim - 1))
+def _kv_heads(rows: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows [K | V] (B * T, 2 * H * Dh) -> K and V as the (B, H, T, Dh) views attention takes, with B, H, Dh
+    those of `like`."""
+    b, h, _, dh = like.shape
+    k, v = rows.chunk(2, dim=1)
+    return k.view(b, -1, h, dh).transpose(1, 2), v.view(b, -1, h, dh).transpose(1, 2)
 
 
-def _slope(new: torch.Tensor, old: torch.Tensor, calls: torch.Tensor, dim: int) -> torch.Tensor:
-    """Change per call of each token between two computations `calls` (B, T or B, k) calls apart."""
-    return (new - old) / _per_token(calls.clamp_min(1).to(new.dtype), dim, new.ndim)
+def _empty_rows(x: torch.Tensor) -> torch.Tensor:
+    """A new cache of token rows shaped like x (B * T, C): contiguous whatever x's strides, uninitialised."""
+    return x.new_empty(x.shape)
 
 
 METRICS = ("std", "change")
@@ -133,15 +154,16 @@ class RegionAdaptive(CachePolicy):
         return stats
 
     def reset(self, state: CacheState) -> None:
-        state.kv = [None] * self.depth  # per block, (K, V) of all tokens
-        state.kv_slope = [None] * self.depth  # forecast=2: per block, their change per call
+        state.kv = [None] * self.depth  # per block, K and V of all tokens, token rows [K | V] (B * T, 2 * D)
+        state.kv_slope = [None] * self.depth  # forecast=2, from the 2nd dense call: per block, their change per call
+        state.kv_now = None  # forecast=2: the current call's K and V rows, one buffer for every block
         state.out = None  # (B, T, prod(patch) * C_out), the final layer's last output
         state.out_slope = None  # like out: each token's output change per call between its last two computations
-        state.skipped = None  # (B, T) consecutive calls each token was not computed
+        state.age = None  # (B, T) calls since each token's last computation (0: computed by the current call),
+        # i.e. the consecutive calls it was skipped
         state.active = None  # (B, k) tokens computed by the current call; None: all
-        state.at = None  # (B, T) call index of each token's last computation
-        state.age = None  # (B, T) sparse call: calls since each token's last computation
-        state.index = 0  # the current call's index
+        state.rows = None  # (B * k,) their rows b * T + token in the token-row caches
+        state.since = None  # (rows computed, 1) calls between those rows' previous and current computation
 
     def _dense(self, state: CacheState, index: int, active: int, total: int) -> bool:
         after = index - self.warmup
@@ -156,25 +178,30 @@ class RegionAdaptive(CachePolicy):
             focus = slope.flatten(2).float().abs().mean(dim=-1)  # change per call
         else:
             focus = pred.flatten(2).float().std(dim=-1)  # (B, T)
-        score = focus.clamp_min(1e-12).log() + self.starvation * state.skipped
+        score = focus.clamp_min(1e-12).log() + self.starvation * state.age  # age: calls skipped
         return score.topk(active, dim=1).indices.sort(dim=1).values
 
     def step(self, state: CacheState, call: Call, tokens: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
         b, total, _ = tokens.shape
         active = max(1, math.ceil(self.ratio * total - 1e-9))
         rope = call.rope
-        state.index = call.index
         if self._dense(state, call.index, active, total):
             active, state.active = total, None
-            state.skipped = torch.zeros(b, total, dtype=torch.long, device=tokens.device)
+            if state.age is None:
+                state.age = tokens.new_zeros(b, total, dtype=torch.float32)
+            else:  # every token is computed, one call after the ages of the previous call
+                state.since = state.age.view(-1, 1) + 1
+                state.age.zero_()
         else:
             idx = state.active = self._select(state, active)
-            tokens = _gather_tokens(tokens, idx)
+            rows = state.rows = (idx + total * torch.arange(b, device=idx.device)[:, None]).flatten()
+            tokens = tokens.reshape(b * total, -1).index_select(0, rows).view(b, active, -1)
             if rope is not None:
                 rope = tuple(r[idx] for r in rope)  # (B, k, Dh/2)
-            state.skipped += 1
-            state.skipped.scatter_(1, idx, 0)
-            state.age = (call.index - state.at).float()  # the same for every block and the final layer
+            age = state.age.view(-1)
+            age.add_(1)  # one call on: a computed token's age is now its `since`, then 0
+            state.since = age.index_select(0, rows)[:, None]
+            age.index_fill_(0, rows, 0)
         for i, block in enumerate(call.blocks):
             kv = functools.partial(self._keys_values, state, i)
             tokens, ctx = block(tokens, call.c, rope, call.grid, call.key_mask, ctx, call.c, kv=kv)
@@ -183,55 +210,71 @@ class RegionAdaptive(CachePolicy):
         stats["tokens_computed"] += b * active
         stats["tokens_total"] += b * total
         stats["token_fraction"] = stats["tokens_computed"] / stats["tokens_total"]
-        stats["max_skipped"] = max(stats["max_skipped"], int(state.skipped.max()))
+        stats["max_skipped"] = max(stats["max_skipped"], int(state.age.max()))
         return tokens
 
     @staticmethod
-    def _advance(state: CacheState, cache: torch.Tensor, slope: torch.Tensor | None, new: torch.Tensor,
-                 dim: int) -> torch.Tensor:
-        """A sparse call's update of a per-token cache (tokens along `dim`), in place: the computed tokens get
-        their new values and, with a slope, their new change per call. Returns every token's value now: the
-        new one where computed, else the cached one extrapolated along its slope (without one, the cache)."""
-        idx = _per_token(state.active, dim, new.ndim).expand(new.shape)
-        new = new.to(cache.dtype)
-        if slope is None:
-            cache.scatter_(dim, idx, new)
-            return cache
-        now = torch.addcmul(cache, slope, _per_token(state.age.to(cache.dtype), dim, cache.ndim))
-        now.scatter_(dim, idx, new)
-        slope.scatter_(dim, idx, _slope(new, cache.gather(dim, idx), state.age.gather(1, state.active), dim))
-        cache.scatter_(dim, idx, new)
-        return now
+    def _refill(state: CacheState, cache: torch.Tensor, slope: torch.Tensor | None, new: torch.Tensor) -> None:
+        """A dense call's update of a per-token cache of token rows (B * T, C), in place: the new rows and, into
+        `slope`, each token's change per call since its previous computation."""
+        if slope is not None:
+            torch.sub(new, cache, out=slope).div_(state.since)
+        cache.copy_(new)
+
+    @staticmethod
+    def _advance(state: CacheState, cache: torch.Tensor, slope: torch.Tensor | None, new: torch.Tensor) -> None:
+        """A sparse call's update of a per-token cache of token rows (B * T, C), in place: the computed rows
+        (`state.rows`) get their new values `new` (B * k, C) and, with a slope, their new change per call."""
+        rows, new = state.rows, new.to(cache.dtype)
+        if slope is not None:
+            old = cache.index_select(0, rows)
+            slope.index_copy_(0, rows, torch.sub(new, old, out=old).div_(state.since))
+        cache.index_copy_(0, rows, new)
+
+    @staticmethod
+    def _forecast(state: CacheState, cache: torch.Tensor, slope: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """Every token's value now, after `_advance`: its cached value extrapolated along its slope for its age,
+        which is 0 for the computed tokens (their new value). One pass over the cache, into `out` if given."""
+        return torch.addcmul(cache, slope, state.age.view(-1, 1).to(cache.dtype), out=out)
 
     def _keys_values(self, state: CacheState, i: int, k: torch.Tensor,
                      v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dense call: store K and V (B, H, T, Dh), contiguous for the scatters to come; with `forecast=2` also
-        their change per call since each token's previous computation. Sparse call: `_advance` the cache
-        (with `forecast=2` the skipped tokens' rows are extrapolated) and return all tokens' K and V."""
+        """Dense call: `_refill` the block's [K | V] rows (with `forecast=2`, from the second dense call on, their
+        slopes too) and pass k, v on. Sparse call: `_advance` the cache with the computed tokens' rows and return
+        all tokens' K and V (with `forecast=2` the skipped tokens' forecast), (B, H, T, Dh) views of token rows,
+        which attention takes as they are (a contiguous copy would cost as much as it saves)."""
+        new = _kv_rows(k, v)
+        cache, slope = state.kv[i], state.kv_slope[i]
         if state.active is None:
-            k, v = k.contiguous(), v.contiguous()
-            if self.forecast == 2 and state.at is not None:
-                calls = state.index - state.at
-                state.kv_slope[i] = tuple(_slope(a, b, calls, 2) for a, b in zip((k, v), state.kv[i], strict=True))
-            state.kv[i] = k, v
+            if cache is None:
+                cache = state.kv[i] = _empty_rows(new)
+            elif self.forecast == 2 and slope is None:
+                slope = state.kv_slope[i] = _empty_rows(new)
+                if state.kv_now is None:  # a block's K and V are dead once its attention has run: one buffer serves all
+                    state.kv_now = _empty_rows(new)
+            self._refill(state, cache, slope, new)
             return k, v
-        slopes = (state.kv_slope[i] if self.forecast == 2 else None) or (None, None)
-        k, v = (self._advance(state, cache, slope, new, 2)
-                for cache, slope, new in zip(state.kv[i], slopes, (k, v), strict=True))
-        return k, v
+        self._advance(state, cache, slope, new)
+        return _kv_heads(cache if slope is None else self._forecast(state, cache, slope, state.kv_now), k)
 
     def _final_layer(self, forward, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """In place of the final layer: the active tokens' output goes into the cached output of all tokens
         (with a forecast, the skipped ones are extrapolated). The caller gets its own tensor: the cache changes
         in place."""
         state = self.state()
-        out, n = forward(x, c), state.index
-        if state.active is None:
-            if state.out is not None and state.out.shape == out.shape:
-                state.out_slope = _slope(out, state.out, n - state.at, 1)
-            state.out, state.at = out.clone(), torch.full(out.shape[:2], n, dtype=torch.long, device=out.device)
+        out = forward(x, c)  # (B, T or k, prod(patch) * C_out)
+        if state.out is None:
+            state.out = out.clone()
             return out
-        slope = state.out_slope
-        now = self._advance(state, state.out, slope, out, 1)
-        state.at.scatter_(1, state.active, n)
-        return now if self.forecast and slope is not None else state.out.clone()
+        cache, new = state.out.flatten(0, 1), out.flatten(0, 1)  # token rows
+        if state.active is None:
+            if state.out_slope is None:
+                state.out_slope = torch.empty_like(state.out)
+            self._refill(state, cache, state.out_slope.flatten(0, 1), new)
+            return out
+        slope = None if state.out_slope is None else state.out_slope.flatten(0, 1)
+        self._advance(state, cache, slope, new)
+        if self.forecast and slope is not None:
+            return self._forecast(state, cache, slope).view_as(state.out)
+        return state.out.clone()
