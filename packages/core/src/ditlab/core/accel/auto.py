@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ditlab.core.accel import precision as _precision
+from ditlab.core.bench.harness import time_interleaved
 from ditlab.core.errors import InputError
 
 ENV = "DITLAB_PRECISION"
@@ -352,13 +353,15 @@ def calibrate(model: nn.Module, probe: Probe, modes: list[str] | None = None, mi
             nets[name] = (net, ctx)
         except Exception as err:  # noqa: BLE001 - a mode that fails to build or run is skipped, with the reason
             trials[name] = Trial(name, error=f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    times: dict[str, list[float]] = {n: [] for n in nets}
-    for _ in range(repeats):  # interleaved: A B C A B C, so drift of the machine hits every mode alike
-        for name, (net, ctx) in nets.items():
-            with ctx():
-                times[name].append(_timed(lambda net=net: probe(net, 0.5), device))
-    for name, ts in times.items():
-        trials[name].ms = 1e3 * sorted(ts)[len(ts) // 2]
+    def call(net: nn.Module, ctx: Callable[[], AbstractContextManager]) -> None:
+        with ctx():
+            probe(net, 0.5)
+
+    # interleaved (A B C A B C): drift of the machine hits every mode alike
+    seconds = time_interleaved({n: functools.partial(call, *nc) for n, nc in nets.items()}, warmup=0,
+                               repeats=repeats, device=device)
+    for name, sec in seconds.items():
+        trials[name].ms = 1e3 * sec
     ordered = [trials[n] for n in names]
     mode, reason = pick(ordered, min_snr_db, allowed)
     choice = Choice(mode, reason, ordered, min_snr_db)
@@ -509,10 +512,9 @@ def prepare(model: nn.Module, precision: str | None = None, probe: Probe | Calla
                              f"them (choose fp32 or bf16, or auto)")
         net, ctx = apply(model, mode)
         prepared = Prepared(net, ctx, precision, Choice(precision, "requested", source="requested"))
-    elif already_optimized(model):  # the caller built its own fast form (`optimize`): run it as it is
+    elif (given := already_optimized(model)) is not None:  # the caller built its own fast form: run it as it is
         net, ctx = model, contextlib.nullcontext
-        prepared = Prepared(net, ctx, "as given", Choice("as given", f"run as given: {already_optimized(model)}",
-                                                         source="requested"))
+        prepared = Prepared(net, ctx, "as given", Choice("as given", f"run as given: {given}", source="requested"))
     else:
         def allowed(m: Mode) -> bool:
             return (not need_grad or m.fmt in ("fp32", "bf16")) and (compile_ok or not m.compile)
