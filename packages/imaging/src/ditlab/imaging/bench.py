@@ -1,0 +1,260 @@
+"""`ditlab imaging benchmark`: the SRDiT against bicubic, Lanczos, the classical pipelines and the same-budget CNN, on
+held-out photos and procedural images, in one run, with the issue's goals, on core's harness.
+
+Image sets (never trained on): "photos" = `data.EVAL_PHOTOS` (chelsea, coffee, rocket; the out-of-distribution set:
+real photographs, where the training data is mostly procedural), whole (quick: 128 x 128 centre crops);
+"procedural" = test-split procedural images, 12 of 256 x 256 (quick: 4 of 128 x 128). LR inputs are made from them
+with `degrade.degrade` on seed 0 (x4 "bicubic" and "realesrgan"; x1 "denoise", "deblur", "jpeg"). Metrics:
+`metrics.evaluate`: Y-PSNR and SSIM (BT.601 limited range, border = scale), RGB PSNR, colour bias (max over
+channels of the mean bias, in 1/255), means over a set's images; seconds per image.
+
+Tiling: a 192 x 192 LR crop of `coffee` upscaled x4 with the default tile (32, overlap 8): the gradient energy
+across the tiles' seams over that across every other pixel boundary (`metrics.seam_energy_ratio`), beside the
+same ratio of bicubic's result at the same places (what the content alone gives).
+Speed and memory: a 512 x 512 input to 2048 x 2048 (x4, 4 steps), default precision (auto) and fp32 eager; each in a
+child process (`run_in_child`) for its own peak RSS, timed after the network is loaded and prepared; the full run
+also takes a 2048 x 2048 input to 8192 x 8192.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ditlab.core.bench import Report, run_in_child
+from ditlab.core.errors import UsageError
+from ditlab.imaging import baselines
+from ditlab.imaging.data import eval_images, ood_images, photo
+from ditlab.imaging.degrade import TASKS, degrade
+from ditlab.imaging.metrics import evaluate, seam_energy_ratio
+from ditlab.imaging.models import EDSR, load_model
+from ditlab.imaging.pipeline import DEGRADATIONS, Enhancer, restore, upscale
+from ditlab.imaging.superres import from_model, seams, to_model
+
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "colour_bias_255", "seconds", "seam_ratio", "peak_mb", "speedup",
+           "psnr_loss")
+PARTS = ("sr-bicubic", "sr-real", "restore", "tiling", "speed")
+NETS = {"sr": "sr-x4", "restore": "restore-x1", "edsr": "edsr-x4"}
+SR_TASK = {"sr-bicubic": ("bicubic", "bicubic"), "sr-real": ("realesrgan", "real")}  # part -> (degrade kind, mode)
+
+
+def image_sets(quick: bool) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """The held-out HR images of the benchmark, by set."""
+    size = (128, 128) if quick else None
+    return {"photos": ood_images(size),
+            "procedural": eval_images("test", 4 if quick else 12, (128, 128) if quick else (256, 256))}
+
+
+def _lr(hr: np.ndarray, scale: int, kind: str, seed: int) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(hr)).permute(2, 0, 1)[None].float()
+    return degrade(x, scale, kind, torch.Generator().manual_seed(seed))[0].permute(1, 2, 0).numpy()
+
+
+@functools.cache
+def _edsr(weights: str) -> EDSR | None:
+    try:
+        model = load_model(weights)
+    except FileNotFoundError:
+        return None
+    return model if isinstance(model, EDSR) else None
+
+
+def _edsr_fn(weights: str, task: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    model = _edsr(weights)
+    if model is None:
+        return None
+
+    @torch.no_grad()
+    def run(lr: np.ndarray) -> np.ndarray:
+        x = to_model(torch.from_numpy(lr).permute(2, 0, 1)[None])
+        return from_model(model(x, torch.tensor([task])))[0].permute(1, 2, 0).numpy()
+
+    return run
+
+
+def sr_methods(part: str, nets: dict, quick: bool) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """name -> fn(lr) -> x4 result, for an SR part of the benchmark."""
+    _, mode = SR_TASK[part]
+    enh = Enhancer("sr", weights=nets["sr"])
+    enh1 = Enhancer("sr", weights=nets["sr"], steps=1)
+    methods = {"bicubic": lambda lr: baselines.upscale(lr, 4, "bicubic"),
+               "lanczos": lambda lr: baselines.upscale(lr, 4, "lanczos")}
+    if part == "sr-real":
+        methods["denoise + bicubic (classical)"] = lambda lr: baselines.classical_realworld(lr, 4)
+    edsr = _edsr_fn(nets["edsr"], DEGRADATIONS[mode])
+    if edsr is not None:
+        methods["EDSR CNN (same data, same CPU time)"] = edsr
+    methods["SRDiT, 4 steps"] = lambda lr: upscale(lr, 4, mode, enhancer=enh).pixels
+    if not quick:
+        methods["SRDiT, 4 steps, no colour fix"] = lambda lr: upscale(lr, 4, mode, colour="none", enhancer=enh).pixels
+    methods["SRDiT, 1 step"] = lambda lr: upscale(lr, 4, mode, enhancer=enh1).pixels
+    return methods
+
+
+def restore_methods(task: str, nets: dict) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    methods: dict[str, Callable] = {"input (degraded)": lambda x: x}
+    for name, fn in baselines.RESTORE_BASELINES[task].items():
+        methods[name] = fn
+    try:
+        enh = Enhancer("restore", weights=nets["restore"])
+        enh.model  # noqa: B018 - fails here when the weights are not there
+    except FileNotFoundError:
+        return methods
+    methods["SRDiT restore, 4 steps"] = lambda x: restore(x, task, enhancer=enh).pixels
+    return methods
+
+
+def score_set(images: list[tuple[str, np.ndarray]], make_input: Callable[[np.ndarray, int], np.ndarray],
+              methods: dict[str, Callable[[np.ndarray], np.ndarray]], scale: int) -> dict[str, dict]:
+    """Every method on every image of a set: the mean of `evaluate`'s metrics and the mean seconds per image."""
+    out: dict[str, dict] = {}
+    inputs = [(hr, make_input(hr, i)) for i, (_, hr) in enumerate(images)]
+    for name, fn in methods.items():
+        rows = []
+        for hr, x in inputs:
+            fn(x[:16, :16]) if not rows and name.startswith("SRDiT") else None  # prepare (calibrate) before timing
+            t0 = time.perf_counter()
+            pred = fn(x)
+            rows.append({**evaluate(pred, hr, scale), "seconds": time.perf_counter() - t0})
+        out[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    return out
+
+
+def tiling_run(nets: dict, size: int = 192) -> dict[str, dict]:
+    """Seam energy ratio of SRDiT's tiled x4 result at its tile seams, and of bicubic's at the same places."""
+    lr = photo("coffee")[:size, :size]
+    enh = Enhancer("sr", weights=nets["sr"])
+    tile, overlap = enh.tile_size, enh.tile_size // 4
+    cols = seams(lr.shape[1], tile, overlap, 4)
+    rows = seams(lr.shape[0], tile, overlap, 4)
+    t0 = time.perf_counter()
+    ours = upscale(lr, 4, "real", enhancer=enh).pixels
+    sec = time.perf_counter() - t0
+    bic = baselines.upscale(lr, 4, "bicubic")
+    return {"SRDiT, tiled (32 px tiles, 8 px overlap)": {"seam_ratio": seam_energy_ratio(ours, cols, rows),
+                                                          "seconds": sec},
+            "bicubic (same places)": {"seam_ratio": seam_energy_ratio(bic, cols, rows)}}
+
+
+def speed_job(size: int, precision: str, weights: str) -> dict:
+    """In a child process: load the x4 network, prepare it in `precision`, warm it, then time one `size` x `size`
+    input to 4x (4 steps)."""
+    rng = np.random.default_rng(0)
+    img = photo("astronaut")
+    reps = -(-size // img.shape[0])
+    big = np.tile(img, (reps, reps, 1))[:size, :size]
+    big = np.clip(big + rng.normal(0, 0.01, big.shape).astype(np.float32), 0, 1)
+    enh = Enhancer("sr", weights=weights, precision=precision)
+    upscale(big[:64, :64], 4, "real", enhancer=enh)  # load, calibrate, compile: not timed
+    t0 = time.perf_counter()
+    out = upscale(big, 4, "real", enhancer=enh)
+    return {"seconds": time.perf_counter() - t0, "mode": enh.prepared().mode, "shape": list(out.pixels.shape),
+            "mean": float(out.pixels.mean())}
+
+
+def run_benchmark(quick: bool = False, json_path: str | Path | None = None, threads: int = 0,
+                  echo: Callable[[str], object] = print, only: str | None = None, nets: dict | None = None) -> dict:
+    """Run every part (or `only` one of `PARTS`), print a line per result, then the tables and goals; write the
+    JSON when asked; return it. `nets` replaces the packaged networks by weights folders (tests)."""
+    if only is not None and only not in PARTS:
+        raise UsageError(f"--only must be one of {PARTS}, got {only!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    nets = {**NETS, **(nets or {})}
+    report = Report("Imaging benchmark: x4 super-resolution and x1 restoration on held-out images")
+    results: dict[tuple[str, str], dict] = {}
+
+    def record(task: str, method: str, m: dict) -> None:
+        results[(task, method)] = m
+        for metric in METRICS:
+            if metric in m:
+                report.row(task, method, metric, m[metric])
+        echo(f"{task} / {method}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float)))
+
+    parts = PARTS if only is None else (only,)
+    sets = image_sets(quick) if any(p in parts for p in ("sr-bicubic", "sr-real", "restore")) else {}
+    for part in ("sr-bicubic", "sr-real"):
+        if part not in parts:
+            continue
+        kind, _ = SR_TASK[part]
+        methods = sr_methods(part, nets, quick)
+        for set_name, images in sets.items():
+            def lr_of(hr, i, kind=kind):
+                return _lr(hr, 4, kind, i)
+
+            for method, m in score_set(images, lr_of, methods, 4).items():
+                record(f"x4 {kind}, {set_name}", method, m)
+    if "restore" in parts:
+        for task in TASKS:
+            methods = restore_methods(task, nets)
+            for set_name, images in sets.items():
+                def degraded(hr, i, task=task):
+                    return _lr(hr, 1, task, i)
+
+                for method, m in score_set(images, degraded, methods, 1).items():
+                    record(f"x1 {task}, {set_name}", method, m)
+    if "tiling" in parts:
+        for method, m in tiling_run(nets).items():
+            record("tiling seams, x4 of a 192 x 192 coffee crop", method, m)
+    if "speed" in parts:
+        sizes = (512,) if quick else (512, 2048)
+        for size in sizes:
+            task = f"speed, {size} x {size} to {4 * size} x {4 * size} (x4, 4 steps)"
+            runs = {}
+            for precision in ("auto", "fp32") if size == 512 else ("auto",):
+                child = run_in_child(speed_job, (size, precision, nets["sr"]), threads=threads)
+                runs[precision] = (f"SRDiT, precision {precision} (= {child.result['mode']})",
+                                   {"seconds": child.result["seconds"], "peak_mb": child.peak_mb})
+            if "fp32" in runs:
+                runs["auto"][1]["speedup"] = runs["fp32"][1]["seconds"] / runs["auto"][1]["seconds"]
+            for method, m in runs.values():
+                record(task, method, m)
+    add_goals(report, results, quick)
+    report.notes.append(__doc__.split("\n\n")[1].replace("\n", " "))
+    report.notes.append("Colour fix: the SRDiT rows use the default (wavelet, against the bicubic upsampling of the "
+                        "input); the other methods have none. Seconds are per image, on this machine.")
+    return report.publish(json_path, echo)
+
+
+def _value(results: dict, task: str, method: str, metric: str) -> float | None:
+    return results.get((task, method), {}).get(metric)
+
+
+def add_goals(report: Report, results: dict, quick: bool) -> None:
+    """The issue's goals, from the rows measured in this run (None where a part did not run)."""
+    ours = "SRDiT, 4 steps"
+    edsr = "EDSR CNN (same data, same CPU time)"
+    for set_name in ("photos", "procedural"):
+        task = f"x4 bicubic, {set_name}"
+        dit, bic = _value(results, task, ours, "psnr_y"), _value(results, task, "bicubic", "psnr_y")
+        if dit is not None:
+            report.goal(f"x4 bicubic, {set_name}: SRDiT Y-PSNR - bicubic (dB)", 1.5, dit - bic)
+            cnn = _value(results, task, edsr, "psnr_y")
+            report.goal(f"x4 bicubic, {set_name}: SRDiT Y-PSNR - same-budget CNN (dB)", 0.0,
+                        None if cnn is None else dit - cnn)
+        task = f"x4 realesrgan, {set_name}"
+        dit, bic = _value(results, task, ours, "psnr_y"), _value(results, task, "bicubic", "psnr_y")
+        if dit is not None:
+            cls = _value(results, task, "denoise + bicubic (classical)", "psnr_y")
+            report.goal(f"x4 real-world, {set_name}: SRDiT Y-PSNR - bicubic (dB)", 1.0, dit - bic)
+            report.goal(f"x4 real-world, {set_name}: SRDiT Y-PSNR - denoise + bicubic (dB)", 0.0, dit - cls)
+    biases = [m["colour_bias_255"] for (t, k), m in results.items() if k == ours and "colour_bias_255" in m]
+    if biases:
+        report.goal("colour: worst mean per-channel bias of SRDiT x4 (1/255)", 1.0, max(biases), "lower")
+    seam = _value(results, "tiling seams, x4 of a 192 x 192 coffee crop", "SRDiT, tiled (32 px tiles, 8 px overlap)",
+                  "seam_ratio")
+    if seam is not None:
+        report.goal("tiling: |seam / interior gradient energy - 1|", 0.1, abs(seam - 1), "lower")
+    speed = [m for (t, k), m in results.items() if t.startswith("speed, 512") and "precision auto" in k]
+    if speed:
+        report.goal("512 x 512 -> 2048 x 2048 (x4, 4 steps), default precision (s)", 10.0, speed[0]["seconds"],
+                    "lower")
+    big = [m for (t, k), m in results.items() if t.startswith("speed, 2048")]
+    if big:
+        report.goal("2048 x 2048 -> 8192 x 8192 completes: peak memory (MiB; 24 GiB machine)", 24 * 1024,
+                    big[0]["peak_mb"], "lower")

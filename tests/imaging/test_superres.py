@@ -1,0 +1,142 @@
+import numpy as np
+import pytest
+import torch
+
+from ditlab.core.errors import InputError
+from ditlab.imaging.metrics import seam_energy_ratio
+from ditlab.imaging.models import SRDiT, upsample
+from ditlab.imaging.superres import ResidualShift, colour_fix, sample, seams, sr_loss, tile_starts
+
+
+def tiny(scale=4, **kw):
+    torch.manual_seed(0)
+    m = SRDiT(scale=scale, hidden_size=32, depth=1, num_heads=2, stem_channels=8, tile=16, **kw)
+    with torch.no_grad():
+        for p in m.parameters():  # random everywhere: an output that differs from tile to tile
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.eval()
+
+
+def test_schedule_rises_from_nearly_clean_to_noise():
+    path = ResidualShift()
+    eta = path.etas()
+    assert eta[0] == 0 and torch.all(eta[1:] > eta[:-1])
+    assert eta[1] <= 0.001 + 1e-12 and abs(float(eta[-1]) - 0.999) < 1e-9
+    assert path.schedule() == [4, 3, 2, 1] and path.schedule(1) == [4] and path.schedule(2) == [4, 1]
+    with pytest.raises(InputError, match=r"\[1, 4\]"):
+        path.schedule(5)
+
+
+def test_q_sample_and_posterior_step_are_consistent():
+    path = ResidualShift(kappa=0.5)
+    x0, y0 = torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)
+    xt = path.q_sample(x0, y0, torch.tensor([4]), torch.zeros(1, 3, 8, 8))
+    assert torch.allclose(xt, torch.full_like(xt, 0.999))  # x_T's mean is y0 (eta_T of the way)
+    # with the true x0 and no noise, a step moves the mean to the marginal mean at s
+    xs = path.step(xt, x0, 4, 2, None)
+    assert torch.allclose(xs, torch.full_like(xs, float(path.etas()[2])), atol=1e-6)
+    assert torch.equal(path.step(xt, x0, 1, 0, None), x0)
+
+
+def test_network_starts_as_bicubic_and_checks_shapes():
+    torch.manual_seed(0)
+    m = SRDiT(scale=4, hidden_size=32, depth=1, num_heads=2, stem_channels=8, tile=16).eval()
+    lr = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = m(torch.randn(2, 3, 64, 64), 500.0, lr)
+    assert torch.allclose(out, upsample(lr, 4), atol=1e-6)
+    with pytest.raises(InputError, match="HR state"):
+        m(torch.randn(2, 3, 60, 64), 500.0, lr)
+    with pytest.raises(InputError, match="multiple of the patch"):
+        m(torch.randn(1, 3, 60, 60), 500.0, torch.rand(1, 3, 15, 15))
+
+
+def test_lr_features_reused_give_the_same_output():
+    m = tiny()
+    lr, x = torch.rand(2, 3, 16, 16), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a = m(x, 250.0, lr)
+        b = m(x, 250.0, lr, lr_features=m.encode_lr(lr))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_loss_trains_the_network():
+    m = tiny(num_tasks=2).train()
+    batch = {"lr": torch.rand(4, 3, 16, 16), "hr": torch.rand(4, 3, 64, 64), "task": torch.tensor([0, 1, 0, 1])}
+    batch["lr"] = torch.nn.functional.avg_pool2d(batch["hr"], 4)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    first = [sr_loss(m, batch, torch.Generator().manual_seed(0)).item()]
+    for _ in range(30):
+        loss = sr_loss(m, batch, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert sr_loss(m, batch, torch.Generator().manual_seed(0)).item() < first[0]
+
+
+def test_tile_starts_cover_the_image():
+    for length in (16, 20, 47, 100):
+        starts = tile_starts(length, 16, 4)
+        covered = np.zeros(max(length, 16), bool)
+        for s in starts:
+            covered[s:s + 16] = True
+        assert covered[:length].all() and starts[-1] + 16 == max(length, 16)
+        assert all(b - a <= 12 for a, b in zip(starts, starts[1:], strict=False))
+    with pytest.raises(InputError, match="overlap"):
+        tile_starts(40, 16, 16)
+
+
+def test_sample_any_size_and_aspect():
+    m = tiny()
+    for h, w in ((10, 7), (16, 40), (33, 21)):
+        out = sample(m, torch.rand(1, 3, h, w), tile=16, overlap=4)
+        assert out.shape == (1, 3, 4 * h, 4 * w) and out.min() >= 0 and out.max() <= 1
+
+
+def test_tiles_blended_every_step_leave_no_seams():
+    """A network whose output differs from tile to tile: blended at every step, the seams' gradient energy matches
+    the interior's; tiles stitched without overlap show seams."""
+    m = tiny()
+    g = torch.Generator().manual_seed(0)
+    lr = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 96, 96, generator=g), 2)  # 48 x 48, some texture
+    blended = sample(m, lr, tile=16, overlap=8)
+    stitched = sample(m, lr, tile=16, overlap=0)
+    img_b, img_s = (x[0].permute(1, 2, 0).numpy() for x in (blended, stitched))
+    cut_b, cut_s = seams(48, 16, 8, 4), seams(48, 16, 0, 4)
+    ratio_b = seam_energy_ratio(img_b, cut_b, cut_b)
+    ratio_s = seam_energy_ratio(img_s, cut_s, cut_s)
+    assert abs(ratio_b - 1) < 0.15, ratio_b
+    assert ratio_s > ratio_b + 0.15, (ratio_s, ratio_b)
+
+
+def test_lr_cache_does_not_change_the_result():
+    m = tiny()
+    lr = torch.rand(1, 3, 40, 24)
+    a = sample(m, lr, tile=16, overlap=4, generator=torch.Generator().manual_seed(3))
+    b = sample(m, lr, tile=16, overlap=4, generator=torch.Generator().manual_seed(3), cache_mb=0)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_one_step_is_the_x0_estimate():
+    m = tiny()
+    lr = torch.rand(1, 3, 16, 16)
+    out = sample(m, lr, steps=1, tile=16)
+    assert out.shape == (1, 3, 64, 64)
+    assert not torch.allclose(out, sample(m, lr, steps=4, tile=16))
+
+
+def test_colour_fix_removes_a_colour_shift_and_keeps_detail():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, 64, 64, generator=g) * 0.5 + 0.25
+    detail = torch.randn(1, 3, 64, 64, generator=g) * 0.05
+    out = (ref + detail + torch.tensor([0.05, -0.03, 0.0]).view(1, 3, 1, 1)).clamp(0, 1)
+    for method in ("wavelet", "adain"):
+        fixed = colour_fix(out, ref, method)
+        bias = (fixed - ref).mean((0, 2, 3)).abs().max()
+        assert bias < 0.005, (method, bias)
+    fixed = colour_fix(out, ref, "wavelet")
+    hp = lambda x: x - torch.nn.functional.avg_pool2d(x, 5, 1, 2, count_include_pad=False)  # noqa: E731
+    assert torch.corrcoef(torch.stack([hp(fixed).flatten(), hp(out).flatten()]))[0, 1] > 0.9
+    with pytest.raises(InputError, match="colour fix"):
+        colour_fix(out, ref, "magic")
