@@ -1,0 +1,12 @@
+"""The imaging page alone (upscaling and restoration): `python apps/imaging.py` serves it on 127.0.0.1:7860."""
+
+from ditlab.core.ui import launch, page_app
+from ditlab.imaging.app import PAGE
+
+
+def build():
+    return page_app(PAGE)
+
+
+if __name__ == "__main__":
+    launch(build())
