@@ -36,7 +36,7 @@ app = typer.Typer(
 
 STEPS_OPT = typer.Option(None, "--steps", help="Sampling steps, 1 to 4 (default: 4, the network's own).")
 TILE_OPT = typer.Option(None, "--tile", help="Tile size in input pixels (default: the network's, 32).")
-OVERLAP_OPT = typer.Option(None, "--overlap", help="Input pixels neighbouring tiles share (default: tile / 4).")
+OVERLAP_OPT = typer.Option(None, "--overlap", help="Input pixels neighbouring tiles share (default: tile / 8).")
 COLOUR_OPT = typer.Option("wavelet", "--colour", help="Colour fix against the input: wavelet | adain | none.")
 FORMAT_OPT = typer.Option("png", "--format", help="Output format when OUT is a folder: png | tif | jpg.")
 

@@ -110,6 +110,11 @@ def sr_loss(model: SRDiT, batch: dict, generator: torch.Generator) -> torch.Tens
 # Tiles
 # ----------------------------------------------------------------------------------------------
 
+def default_overlap(tile: int) -> int:
+    """LR pixels neighbouring tiles share by default: an eighth of the tile (4 of 32; 16 HR pixels at x4)."""
+    return max(1, tile // 8)
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of `tile` pixels covering `length` pixels with at least `overlap` pixels shared by
     neighbours; the last tile ends at the border. A length below the tile gives one tile (the image is padded)."""
@@ -167,7 +172,7 @@ def sample(model: SRDiT, lr: torch.Tensor, steps: int | None = None, generator: 
            progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """The HR image (1, 3, s*h, s*w) in [0, 1] for one LR image (1, 3, h, w) in [0, 1], tiled.
 
-    `tile` / `overlap` are LR pixels (default: the tile the network was trained on, a quarter of it shared);
+    `tile` / `overlap` are LR pixels (default: the tile the network was trained on, `default_overlap` shared);
     `batch` tiles run per network call; `net` / `context` are the network to call and its autocast context
     (`ditlab.core.accel.auto.prepare`; default: the model itself in fp32). The LR stream of every tile is computed
     once and kept while it fits in `cache_mb`, else recomputed per step. `progress(i, total)` after each step."""
@@ -175,7 +180,7 @@ def sample(model: SRDiT, lr: torch.Tensor, steps: int | None = None, generator: 
         raise InputError(f"expected one RGB LR image (1, 3, h, w), got shape {tuple(lr.shape)}")
     path, s, p = ResidualShift.of(model), model.scale, model.patch
     tile = int(tile or model.config.tile)
-    overlap = tile // 4 if overlap is None else int(overlap)
+    overlap = default_overlap(tile) if overlap is None else int(overlap)
     if tile % p or tile < p:
         raise InputError(f"tile must be a positive multiple of the patch size {p}, got {tile}")
     net = net or model
