@@ -34,7 +34,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-STEPS_OPT = typer.Option(None, "--steps", help="Sampling steps, 1 to 4 (default: 4, the network's own).")
+STEPS_OPT = typer.Option(None, "--steps", help="Sampling steps, 1 to 4 (default: the number the network's "
+                         "validation chose, in its config).")
 TILE_OPT = typer.Option(None, "--tile", help="Tile size in input pixels (default: the network's, 32).")
 OVERLAP_OPT = typer.Option(None, "--overlap", help="Input pixels neighbouring tiles share (default: tile / 8).")
 COLOUR_OPT = typer.Option("wavelet", "--colour", help="Colour fix against the input: wavelet | adain | none.")
@@ -119,7 +120,7 @@ def _job(enh, fn, **kw):
     def job(src: Path, dst: Path) -> dict:
         img = read_image(src)
         t0 = time.perf_counter()
-        with typer.progressbar(length=enh.steps or 4, label=src.name, file=None) as bar:
+        with typer.progressbar(length=enh.sampling_steps, label=src.name, file=None) as bar:
             out = fn(img, enhancer=enh, progress=lambda i, n: bar.update(1), **kw)
         write_image(dst, out)
         return {"input": f"{img.width}x{img.height}", "output": f"{out.width}x{out.height}",

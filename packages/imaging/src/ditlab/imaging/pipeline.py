@@ -41,7 +41,8 @@ MIN_SNR_DB = 40.0
 @dataclass
 class Enhancer:
     """A loaded network (packaged `sr-x4` / `restore-x1`, or a weights folder) with its sampling settings;
-    reuse one for many images. `steps` None: the network's own (4); `tile` / `overlap` in input pixels."""
+    reuse one for many images. `steps` None: the network's own (`sample_steps` of its config, chosen on validation
+    images); `tile` / `overlap` in input pixels."""
 
     kind: str = "sr"  # "sr" | "restore"
     weights: str | Path | None = None
@@ -76,6 +77,12 @@ class Enhancer:
                 raise InputError(f"{self.weights}: a x{model.scale} network; {self.kind} needs a x{want} network")
             self._model = model
         return self._model
+
+    @property
+    def sampling_steps(self) -> int:
+        """The number of steps a run takes."""
+        c = self.model.config
+        return int(self.steps or c.get("sample_steps") or c.steps)
 
     @property
     def tile_size(self) -> int:
