@@ -180,9 +180,10 @@ def sample(model: SRDiT, lr: torch.Tensor, steps: int | None = None, generator: 
     """The HR image (1, 3, s*h, s*w) in [0, 1] for one LR image (1, 3, h, w) in [0, 1], tiled.
 
     `tile` / `overlap` are LR pixels (default: the tile the network was trained on, `default_overlap` shared);
-    `batch` tiles run per network call; `net` / `context` are the network to call and its autocast context
-    (`ditlab.core.accel.auto.prepare`; default: the model itself in fp32). The LR stream of every tile is computed
-    once and kept while it fits in `cache_mb`, else recomputed per step. `progress(i, total)` after each step."""
+    `batch` tiles run per network call (fewer for small images: the next power of two); `net` / `context` are
+    the network to call and its autocast context (`ditlab.core.accel.auto.prepare`; default: the model in fp32).
+    The LR stream of every tile is computed once and kept while it fits in `cache_mb`, else recomputed per step.
+    `progress(i, total)` after each step."""
     if lr.ndim != 4 or lr.shape[:2] != (1, 3):
         raise InputError(f"expected one RGB LR image (1, 3, h, w), got shape {tuple(lr.shape)}")
     path, s, p = ResidualShift.of(model), model.scale, model.patch
@@ -198,7 +199,7 @@ def sample(model: SRDiT, lr: torch.Tensor, steps: int | None = None, generator: 
     lr_pad = to_model(_pad_to(lr.float(), H, W))
     tiling = Tiling.of(H, W, tile, overlap)
     n = len(tiling.origins)
-    batch = max(1, min(batch, n))
+    batch = max(1, min(batch, 1 << (n - 1).bit_length()))  # a power of two: few shapes for a compiled network
     groups = [tiling.origins[i:i + batch] for i in range(0, n, batch)]
     win = blend_window(tile * s)
     win2 = win[:, None] * win[None, :]
