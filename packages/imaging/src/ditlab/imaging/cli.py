@@ -120,8 +120,12 @@ def _job(enh, fn, **kw):
     def job(src: Path, dst: Path) -> dict:
         img = read_image(src)
         t0 = time.perf_counter()
-        with typer.progressbar(length=enh.sampling_steps, label=src.name, file=None) as bar:
-            out = fn(img, enhancer=enh, progress=lambda i, n: bar.update(1), **kw)
+        with typer.progressbar(length=1, label=src.name) as bar:
+            def progress(i: int, n: int) -> None:
+                bar.length = n
+                bar.update(1)
+
+            out = fn(img, enhancer=enh, progress=progress, **kw)
         write_image(dst, out)
         return {"input": f"{img.width}x{img.height}", "output": f"{out.width}x{out.height}",
                 "seconds": round(time.perf_counter() - t0, 2), "bit_depth": out.bit_depth,

@@ -116,8 +116,15 @@ class SRDiT(ModelMixin, ConfigMixin):
     """x0 = SRDiT(x_t, t, lr): the clean HR image from the noisy HR state x_t (B, 3, s*h, s*w) at step t and the LR
     image lr (B, 3, h, w), both in [-1, 1]. `task` (B,) picks one of `num_tasks` restoration tasks (x1 models
     serving several). The config also keeps the residual-shift schedule the network was trained with, the tile
-    size it saw and the number of sampling steps chosen on validation images (`sample_steps`; 0: all `steps`),
-    so a weights folder says how to sample it."""
+    size it saw and the number of sampling steps chosen on validation images (`sample_steps`: one number, or one
+    per task; 0: all `steps`), so a weights folder says how to sample it."""
+
+    def default_steps(self, task: int | None = None) -> int:
+        """The number of sampling steps this network runs by default for `task`."""
+        chosen = self.config.get("sample_steps") or 0
+        if isinstance(chosen, list | tuple):
+            chosen = chosen[task or 0] if chosen else 0
+        return int(chosen or self.config.steps)
 
     _supports_gradient_checkpointing = False
 
@@ -125,7 +132,7 @@ class SRDiT(ModelMixin, ConfigMixin):
     def __init__(self, scale: int = 4, hidden_size: int = 96, depth: int = 6, num_heads: int = 4,
                  mlp_ratio: float = 4.0, stem_channels: int = 48, patch_size: int = 2, num_tasks: int = 0,
                  tile: int = 32, steps: int = 4, kappa: float = 1.0, eta_max: float = 0.999, power: float = 0.3,
-                 sample_steps: int = 0):
+                 sample_steps: int | list[int] = 0):
         super().__init__()
         _check_scale(scale)
         if tile % patch_size:

@@ -78,11 +78,9 @@ class Enhancer:
             self._model = model
         return self._model
 
-    @property
-    def sampling_steps(self) -> int:
-        """The number of steps a run takes."""
-        c = self.model.config
-        return int(self.steps or c.get("sample_steps") or c.steps)
+    def steps_for(self, task: int) -> int:
+        """The number of steps a run of `task` takes."""
+        return int(self.steps or self.model.default_steps(task if self.model.task_embedder is not None else None))
 
     @property
     def tile_size(self) -> int:

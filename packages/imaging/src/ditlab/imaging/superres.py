@@ -230,7 +230,7 @@ def sample(model: SRDiT, lr: torch.Tensor, steps: int | None = None, generator: 
             cache[g] = f
         return f
 
-    ts = path.schedule(steps or model.config.get("sample_steps") or None)
+    ts = path.schedule(steps or model.default_steps(task))
     for i, t in enumerate(ts):
         x0 = torch.zeros_like(x)
         tt = path.timestep(torch.full((batch,), t))

@@ -176,13 +176,14 @@ def package_run(name: str, out_dir: str | Path) -> dict:
     state = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME, model, ema=True)
     model.eval()
     t0 = time.perf_counter()
-    if isinstance(model, SRDiT):  # the default number of sampling steps: the best mean over the tasks
+    if isinstance(model, SRDiT):  # the default number of sampling steps of each task: the best on validation
         by_steps = {n: validate(model, name, steps=n) for n in (1, 2, model.config.steps)}
-        best = max(by_steps, key=lambda n: np.mean(list(by_steps[n].values())))
+        best = [max(by_steps, key=lambda n, k=k: by_steps[n][k]) for k in s.tasks]
         model.register_to_config(sample_steps=best)
-        val = by_steps[best]
+        val = {k: by_steps[n][k] for k, n in zip(s.tasks, best, strict=True)}
         chosen = "; ".join(f"{n} step{'s' * (n > 1)}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in r.items())
-                           for n, r in by_steps.items()) + f" (default chosen: {best})"
+                           for n, r in by_steps.items()) + "; default steps chosen: " + ", ".join(
+            f"{k} {n}" for k, n in zip(s.tasks, best, strict=True))
     else:
         val = validate(model, name)
         chosen = ", ".join(f"{k} {v:.2f} dB" for k, v in val.items())
