@@ -29,5 +29,5 @@ def test_tiling_part(tiny_nets):
 
 
 def test_unknown_part_is_refused():
-    with pytest.raises(UsageError, match="--only must be one of"):
+    with pytest.raises(UsageError, match="--only must be one or more of"):
         run_benchmark(only="everything")

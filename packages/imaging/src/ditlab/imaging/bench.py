@@ -162,10 +162,11 @@ def speed_job(size: int, precision: str, weights: str, steps: int = 4) -> dict:
 
 def run_benchmark(quick: bool = False, json_path: str | Path | None = None, threads: int = 0,
                   echo: Callable[[str], object] = print, only: str | None = None, nets: dict | None = None) -> dict:
-    """Run every part (or `only` one of `PARTS`), print a line per result, then the tables and goals; write the
-    JSON when asked; return it. `nets` replaces the packaged networks by weights folders (tests)."""
-    if only is not None and only not in PARTS:
-        raise UsageError(f"--only must be one of {PARTS}, got {only!r}")
+    """Run every part (or `only` some of `PARTS`, comma-separated), print a line per result, then the tables and
+    goals; write the JSON when asked; return it. `nets` replaces the packaged networks by weights folders (tests)."""
+    parts = PARTS if only is None else tuple(p.strip() for p in only.split(","))
+    if not parts or any(p not in PARTS for p in parts):
+        raise UsageError(f"--only must be one or more of {PARTS} (comma-separated), got {only!r}")
     if threads:
         torch.set_num_threads(threads)
     nets = {**NETS, **(nets or {})}
@@ -179,7 +180,6 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
                 report.row(task, method, metric, m[metric])
         echo(f"{task} / {method}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float)))
 
-    parts = PARTS if only is None else (only,)
     sets = image_sets(quick) if any(p in parts for p in ("sr-bicubic", "sr-real", "restore")) else {}
     for part in ("sr-bicubic", "sr-real"):
         if part not in parts:

@@ -236,7 +236,8 @@ def benchmark(
     quick: bool = typer.Option(False, help="Fewer and smaller images (a few minutes)."),
     json_path: Path = JSON_OPT,
     threads: int = THREADS_OPT,
-    only: str = typer.Option(None, "--only", help="One part: sr-bicubic | sr-real | restore | tiling | speed."),
+    only: str = typer.Option(None, "--only", help="Some parts, comma-separated: sr-bicubic, sr-real, restore, "
+                             "tiling, speed."),
 ) -> None:
     """Quality against bicubic, Lanczos, classical pipelines and the same-budget CNN, tiling seams, speed and
     memory, with the issue's goals."""
