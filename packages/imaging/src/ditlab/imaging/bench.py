@@ -108,7 +108,7 @@ def restore_methods(task: str, nets: dict) -> dict[str, Callable[[np.ndarray], n
         enh.model  # noqa: B018 - fails here when the weights are not there
     except FileNotFoundError:
         return methods
-    methods["SRDiT restore, 4 steps"] = lambda x: restore(x, task, enhancer=enh).pixels
+    methods["SRDiT restore (default steps)"] = lambda x: restore(x, task, enhancer=enh).pixels
     return methods
 
 

@@ -180,7 +180,9 @@ def package_run(name: str, out_dir: str | Path) -> dict:
     if isinstance(model, SRDiT):  # the default number of sampling steps of each task: the best on validation
         by_steps = {n: validate(model, name, steps=n) for n in (1, 2, model.config.steps)}
         best = [max(by_steps, key=lambda n, k=k: by_steps[n][k]) for k in s.tasks]
-        model.register_to_config(sample_steps=best)
+        chosen_model = s.cls(**{**s.config, "sample_steps": best})  # in the constructor: from_config then reads it
+        chosen_model.load_state_dict(model.state_dict())
+        model = chosen_model.eval()
         val = {k: by_steps[n][k] for k, n in zip(s.tasks, best, strict=True)}
         chosen = "; ".join(f"{n} step{'s' * (n > 1)}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in r.items())
                            for n, r in by_steps.items()) + "; default steps chosen: " + ", ".join(
