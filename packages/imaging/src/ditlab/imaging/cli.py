@@ -26,6 +26,7 @@ from ditlab.core.cli import (
 )
 from ditlab.core.errors import UsageError
 from ditlab.imaging import __version__
+from ditlab.imaging.superres import check_colour
 
 app = typer.Typer(
     name="imaging",
@@ -76,6 +77,12 @@ def _outputs(inputs: list[Path], out: Path, tag: str, fmt: str) -> list[tuple[Pa
     return pairs
 
 
+def _echo(rec: dict) -> None:
+    """One line per finished item of a batch."""
+    status = "ok" if rec["status"] == "ok" else f"FAILED ({rec['error']})"
+    typer.echo(f"{rec['id']}: {status} in {rec['seconds']:.1f} s")
+
+
 def _run(pairs: list[tuple[Path, Path]], job, json_path: Path | None) -> None:
     """One input: run it, a clear error on failure. Several: run each, record failures, go on (core's batch)."""
     from ditlab.core.batch import Item, run_batch
@@ -91,11 +98,7 @@ def _run(pairs: list[tuple[Path, Path]], job, json_path: Path | None) -> None:
     out_dir = pairs[0][1].parent
     items = [Item(src.name, str(src), str(dst)) for src, dst in pairs]
 
-    def echo(rec: dict) -> None:
-        status = "ok" if rec["status"] == "ok" else f"FAILED ({rec['error']})"
-        typer.echo(f"{rec['id']}: {status} in {rec['seconds']:.1f} s")
-
-    report = run_batch(items, lambda it: job(Path(it.input), Path(it.output)), out_dir, resume=False, on_item=echo)
+    report = run_batch(items, lambda it: job(Path(it.input), Path(it.output)), out_dir, resume=False, on_item=_echo)
     typer.echo(report.summary())
     if json_path is not None:
         write_json(json_path, {"ok": report.ok, "failed": report.failed, "manifest": report.manifest})
@@ -152,7 +155,7 @@ def upscale(
         raise UsageError(f"--scale must be one of {pipeline.SCALES}, got {scale}")
     if degradation not in pipeline.DEGRADATIONS:
         raise UsageError(f"--degradation must be one of {sorted(pipeline.DEGRADATIONS)}, got {degradation!r}")
-    pipeline._check_colour(colour)
+    check_colour(colour)
     pairs = _outputs(inputs, out, f"x{scale}", fmt)
     precision = check_precision_option(precision)
     dev = setup_run(threads, device)
@@ -176,7 +179,7 @@ def restore(
 
     if task not in TASKS:
         raise UsageError(f"--task must be one of {TASKS}, got {task!r}")
-    pipeline._check_colour(colour)
+    check_colour(colour)
     pairs = _outputs(inputs, out, task, fmt)
     precision = check_precision_option(precision)
     dev = setup_run(threads, device)
@@ -213,7 +216,7 @@ def batch(
         raise UsageError(f"--format must be png, tif or jpg, got {fmt!r}")
     sr = task.startswith("x")
     colour = colour or ("wavelet" if sr else "none")
-    pipeline._check_colour(colour)
+    check_colour(colour)
     precision = check_precision_option(precision)
     dev = setup_run(threads, device)
     items = items_from_folder(in_dir, out_dir, IMAGE_SUFFIXES, lambda p: output_name(p, task, f".{fmt}"))
@@ -221,12 +224,8 @@ def batch(
     job = _job(enh, pipeline.upscale, scale=int(task[1:]), degradation=degradation, colour=colour) if sr else \
         _job(enh, pipeline.restore, task=task, colour=colour)
 
-    def echo(rec: dict) -> None:
-        status = "ok" if rec["status"] == "ok" else f"FAILED ({rec['error']})"
-        typer.echo(f"{rec['id']}: {status} in {rec['seconds']:.1f} s")
-
     report = run_batch(items, lambda it: job(Path(it.input), Path(it.output)), out_dir, engine=engine,
-                       resume=resume, on_item=echo)
+                       resume=resume, on_item=_echo)
     typer.echo(report.summary())
     raise typer.Exit(report.exit_code)
 

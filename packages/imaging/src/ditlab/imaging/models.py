@@ -69,15 +69,6 @@ class LRFeatures:
     values: list[torch.Tensor]
     cross: list[torch.Tensor]
 
-    def select(self, index: torch.Tensor | slice) -> LRFeatures:
-        return LRFeatures([k[index] for k in self.keys], [v[index] for v in self.values],
-                          [c[index] for c in self.cross])
-
-    @staticmethod
-    def cat(parts: list[LRFeatures]) -> LRFeatures:
-        return LRFeatures(*([torch.cat(ts) for ts in zip(*lists, strict=True)]
-                            for lists in zip(*[(p.keys, p.values, p.cross) for p in parts], strict=True)))
-
 
 class SRBlock(nn.Module):
     """One block: the LR stream's self-attention block, and the HR stream's block attending to both."""

@@ -26,7 +26,7 @@ from ditlab.core.errors import InputError
 from ditlab.imaging.degrade import TASKS
 from ditlab.imaging.io import Image, check_output_size, from_array, read_image, resize_alpha
 from ditlab.imaging.models import SRDiT, load_model, upsample
-from ditlab.imaging.superres import COLOUR_FIXES, colour_fix, sample
+from ditlab.imaging.superres import check_colour, colour_fix, sample
 
 SCALES = (2, 4)
 """Upscaling factors offered (x2 runs the x4 network, then halves its result)."""
@@ -143,11 +143,6 @@ def _finish(img: Image, rgb: np.ndarray, ref: np.ndarray, colour: str, note: str
                    notes=[*img.notes, note])
 
 
-def _check_colour(colour: str) -> None:
-    if colour not in COLOUR_FIXES:
-        raise InputError(f"colour fix must be one of {COLOUR_FIXES}, got {colour!r}")
-
-
 def upscale(image: Image | np.ndarray | str | Path, scale: int = 4, degradation: str = "real", *,
             colour: str = "wavelet", enhancer: Enhancer | None = None,
             progress: Callable[[int, int], None] | None = None, **settings) -> Image:
@@ -158,7 +153,7 @@ def upscale(image: Image | np.ndarray | str | Path, scale: int = 4, degradation:
         raise InputError(f"scale must be one of {SCALES}, got {scale!r}")
     if degradation not in DEGRADATIONS:
         raise InputError(f"degradation must be one of {sorted(DEGRADATIONS)}, got {degradation!r}")
-    _check_colour(colour)
+    check_colour(colour)
     img = as_image(image)
     check_output_size(img.height * scale, img.width * scale)
     enh = enhancer or Enhancer("sr", **settings)
@@ -176,7 +171,7 @@ def restore(image: Image | np.ndarray | str | Path, task: str = "denoise", *, co
     """Restore an image at its own size: `task` "denoise" | "deblur" | "jpeg"."""
     if task not in TASKS:
         raise InputError(f"task must be one of {TASKS}, got {task!r}")
-    _check_colour(colour)
+    check_colour(colour)
     img = as_image(image)
     enh = enhancer or Enhancer("restore", **settings)
     rgb = _rgb(img)

@@ -267,12 +267,18 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def check_colour(method: str) -> str:
+    """`method` itself when it is one of `COLOUR_FIXES`, else an InputError naming them."""
+    if method not in COLOUR_FIXES:
+        raise InputError(f"colour fix must be one of {COLOUR_FIXES}, got {method!r}")
+    return method
+
+
 def colour_fix(out: torch.Tensor, ref: torch.Tensor, method: str = "wavelet", sigma: float = 8.0) -> torch.Tensor:
     """Bring `out`'s colours back to `ref`'s (both (B, C, H, W) in [0, 1], `ref` the bicubic upsampling of the
     input): "wavelet" swaps out's low frequencies (Gaussian, `sigma` px) for ref's, "adain" matches per-channel
     mean and std, "none" leaves it."""
-    if method not in COLOUR_FIXES:
-        raise InputError(f"colour fix must be one of {COLOUR_FIXES}, got {method!r}")
+    check_colour(method)
     if method == "none":
         return out
     if method == "adain":
