@@ -5,7 +5,20 @@ import torch
 from ditlab.core.errors import InputError
 from ditlab.imaging.metrics import seam_energy_ratio
 from ditlab.imaging.models import SRDiT, upsample
-from ditlab.imaging.superres import ResidualShift, colour_fix, sample, seams, sr_loss, tile_starts
+from ditlab.imaging.superres import (
+    ResidualShift,
+    Wavefront,
+    _band_noise,
+    blend_window,
+    colour_fix,
+    from_model,
+    sample,
+    seams,
+    sr_loss,
+    tile_starts,
+    to_model,
+    upsample_rows,
+)
 
 
 def tiny(scale=4, **kw):
@@ -140,3 +153,81 @@ def test_colour_fix_removes_a_colour_shift_and_keeps_detail():
     assert torch.corrcoef(torch.stack([hp(fixed).flatten(), hp(out).flatten()]))[0, 1] > 0.9
     with pytest.raises(InputError, match="colour fix"):
         colour_fix(out, ref, "magic")
+
+
+def _whole_image_sampler(m, lr, tile, overlap, steps, seed):
+    """The plain algorithm the wavefront reorders: the whole state, every tile blended, then the posterior draw."""
+    path, s_ = ResidualShift.of(m), m.scale
+    base = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed)))
+    h, w = lr.shape[2:]
+    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    bands = list(zip(rows, [*rows[1:], h], strict=True))
+    x_lr = to_model(lr)
+    y0 = upsample(x_lr, s_)
+    win = blend_window(tile * s_)
+    win2 = win[:, None] * win[None, :]
+    std = path.kappa * float(path.etas()[-1]) ** 0.5
+
+    def noise(i):
+        return torch.cat([_band_noise((1, 3, (b - a) * s_, w * s_), base, i, k) for k, (a, b) in enumerate(bands)], 2)
+
+    x = y0 + std * noise(0)
+    ts = path.schedule(steps)
+    for i, t in enumerate(ts):
+        acc, wsum = torch.zeros_like(x), torch.zeros_like(x)
+        for y in rows:
+            for c in cols:
+                sl = (..., slice(y * s_, (y + tile) * s_), slice(c * s_, (c + tile) * s_))
+                pred = m(x[sl], path.timestep(torch.tensor([t])), x_lr[..., y:y + tile, c:c + tile])
+                acc[sl] += pred * win2
+                wsum[sl] += win2
+        nxt = ts[i + 1] if i + 1 < len(ts) else 0
+        x = path.step(x, acc / wsum, t, nxt, noise(i + 1) if nxt else None)
+    return from_model(x)
+
+
+@pytest.mark.parametrize("steps,overlap,batch", [(4, 4, 16), (2, 8, 4), (1, 4, 2)])
+def test_wavefront_equals_the_whole_image_sampler(steps, overlap, batch):
+    m = tiny()
+    lr = torch.rand(1, 3, 64, 40, generator=torch.Generator().manual_seed(1))
+    ref = _whole_image_sampler(m, lr, 16, overlap, steps, 5)
+    got = sample(m, lr, steps=steps, tile=16, overlap=overlap, batch=batch, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
+    rows = []
+    none = sample(m, lr, steps=steps, tile=16, overlap=overlap, batch=batch,
+                  generator=torch.Generator().manual_seed(5), sink=lambda r, x: rows.append((r, x)))
+    assert none is None and [r for r, _ in rows] == sorted(r for r, _ in rows) and rows[0][0] == 0
+    assert torch.allclose(torch.cat([x for _, x in rows], 2), ref, atol=1e-5)
+
+
+def test_wavefront_reads_only_finished_bands_and_keeps_few_alive():
+    """Simulated on 40 tile rows: a unit runs only after the units it reads from; the bands alive at once (state
+    and accumulators of every step) do not grow with the image's height."""
+    for tile, overlap, steps, group in ((32, 4, 4, 1), (16, 8, 2, 1), (16, 12, 3, 2), (32, 4, 1, 4)):
+        alive_max = {}
+        for height in (400, 1200):
+            rows = tile_starts(height, tile, overlap)
+            f = Wavefront(rows, height, tile, steps, group)
+            done: set[tuple[int, int]] = set()
+            alive, most = set(), 0
+            for k in range(f.rounds):
+                units = f.units(k)
+                for i, j in units:
+                    assert (i, j - 1) in done or j == 0
+                    if i:
+                        assert all((i - 1, b // group) in done for b in f.reads(j)), (k, i, j)
+                    alive |= {(i, b) for b in f.reads(j)}
+                done |= set(units)
+                most = max(most, len(alive))
+                for i, j in units:
+                    alive -= {(i, b) for b in range(j * group, (j + 1) * group)}
+            assert len(done) == steps * f.groups
+            alive_max[height] = most
+        assert alive_max[1200] == alive_max[400], alive_max
+
+
+def test_upsample_rows_equal_the_whole_upsampling():
+    lr = torch.rand(1, 3, 23, 9)
+    full = upsample(lr, 4)
+    for r0, r1 in ((0, 5), (7, 40), (50, 92), (0, 92)):
+        assert torch.allclose(upsample_rows(lr, 4, r0, r1), full[:, :, r0:r1], atol=1e-6)

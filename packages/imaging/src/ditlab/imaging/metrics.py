@@ -120,15 +120,15 @@ def _seam_mask(seams: Sequence[int], n: int, width: int, name: str) -> np.ndarra
     return mask
 
 
-def seam_energy_ratio(img: np.ndarray, seams_x: Sequence[int], seams_y: Sequence[int], width: int = 1) -> float:
-    """Squared luma gradient across the tile seams over what the interior's boundaries predict: 1.0 = seams
-    indistinguishable (the goal: within 10%). A seam at x lies between columns x - 1 and x (rows likewise for
-    `seams_y`); the boundaries b with |b - seam| < `width` count as seam. Columns and rows are compared each with
-    their own interior, so anisotropic texture does not bias the ratio."""
+def seam_energy(img: np.ndarray, seams_x: Sequence[int], seams_y: Sequence[int], width: int = 1) -> tuple[float, float]:
+    """(squared luma gradient across the tile seams, what the interior's boundaries predict there): the two terms
+    of `seam_energy_ratio`, to pool over several images. A seam at x lies between columns x - 1 and x (rows
+    likewise for `seams_y`); the boundaries b with |b - seam| < `width` count as seam. Columns and rows are compared
+    each with their own interior, so anisotropic texture does not bias the ratio."""
     if width < 1:
         raise InputError(f"width must be >= 1 boundary, got {width}")
     if not len(seams_x) and not len(seams_y):
-        raise InputError("seam_energy_ratio needs at least one seam in seams_x or seams_y")
+        raise InputError("seam_energy needs at least one seam in seams_x or seams_y")
     y = _y(_image(img))
     h, w = y.shape
     col_energy = (np.diff(y, axis=1) ** 2).sum(axis=0)  # (W - 1,): across each column boundary, summed over rows
@@ -140,11 +140,19 @@ def seam_energy_ratio(img: np.ndarray, seams_x: Sequence[int], seams_y: Sequence
             continue
         if mask.all():
             raise InputError(f"the seams in {name} cover every boundary: no interior left to compare with")
-        seam += energy[mask].sum()
-        expected += mask.sum() * energy[~mask].mean()
+        seam += float(energy[mask].sum())
+        expected += float(mask.sum() * energy[~mask].mean())
+    return seam, expected
+
+
+def seam_energy_ratio(img: np.ndarray, seams_x: Sequence[int], seams_y: Sequence[int], width: int = 1) -> float:
+    """Squared luma gradient across the tile seams over what the interior's boundaries predict (`seam_energy`):
+    1.0 = seams indistinguishable (the goal: within 10%). One image's content alone moves it; pool `seam_energy`
+    over many crops to measure the tiling."""
+    seam, expected = seam_energy(img, seams_x, seams_y, width)
     if expected == 0:
         return 1.0 if seam == 0 else float("inf")
-    return float(seam / expected)
+    return seam / expected
 
 
 def evaluate(pred: np.ndarray, ref: np.ndarray, scale: int) -> dict[str, float]:

@@ -69,6 +69,20 @@ class LRFeatures:
     values: list[torch.Tensor]
     cross: list[torch.Tensor]
 
+    def take(self, j: int) -> LRFeatures:
+        """Sample j's features alone (copies: the batch's tensors can be freed)."""
+        return LRFeatures(*([t[j:j + 1].clone() for t in ts] for ts in (self.keys, self.values, self.cross)))
+
+    @staticmethod
+    def cat(parts: list[LRFeatures]) -> LRFeatures:
+        """One batch of several samples' features, in order."""
+        return LRFeatures(*([torch.cat(ts) for ts in zip(*(getattr(f, n) for f in parts), strict=True)]
+                            for n in ("keys", "values", "cross")))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for ts in (self.keys, self.values, self.cross) for t in ts)
+
 
 class SRBlock(nn.Module):
     """One block: the LR stream's self-attention block, and the HR stream's block attending to both."""

@@ -26,7 +26,7 @@ from ditlab.core.errors import InputError
 from ditlab.imaging.degrade import TASKS
 from ditlab.imaging.io import Image, check_output_size, from_array, read_image, resize_alpha
 from ditlab.imaging.models import SRDiT, load_model, upsample
-from ditlab.imaging.superres import check_colour, colour_fix, sample
+from ditlab.imaging.superres import RowStream, check_colour, colour_fix, sample, upsample_rows
 
 SCALES = (2, 4)
 """Upscaling factors offered (x2 runs the x4 network, then halves its result)."""
@@ -102,15 +102,17 @@ class Enhancer:
 
         return prepare(m, self.precision, probe, min_snr_db=MIN_SNR_DB)
 
-    def run(self, rgb: np.ndarray, task: int, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """(H, W, 3) in [0, 1] -> (s*H, s*W, 3) in [0, 1], the network's scale."""
+    def run(self, rgb: np.ndarray, task: int, progress: Callable[[int, int], None] | None = None,
+            sink: Callable[[int, torch.Tensor], None] | None = None) -> np.ndarray | None:
+        """(H, W, 3) in [0, 1] -> (s*H, s*W, 3) in [0, 1], the network's scale; with `sink`, the rows go to
+        `sink(row, rows)` ((1, 3, n, s*W) tensors, top to bottom) as they are finished and None is returned."""
         run = self.prepared()
         lr = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None].to(self.device)
         out = sample(self.model, lr, steps=self.steps, generator=torch.Generator().manual_seed(self.seed),
                      tile=self.tile, overlap=self.overlap, batch=self.batch,
                      task=task if self.model.task_embedder is not None else None, net=run.net, context=run.context,
-                     progress=progress)
-        return out[0].permute(1, 2, 0).cpu().numpy()
+                     progress=progress, sink=sink)
+        return None if out is None else out[0].permute(1, 2, 0).cpu().numpy()
 
 
 def as_image(image: Image | np.ndarray | str | Path) -> Image:
@@ -125,22 +127,75 @@ def as_image(image: Image | np.ndarray | str | Path) -> Image:
                      f"{type(image).__name__}")
 
 
-def _resize(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-    x = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-    return x[0].permute(1, 2, 0).numpy()
+BLUR_HALO = 24
+"""Rows of context the wavelet colour fix needs (3 sigma of its Gaussian, sigma 8)."""
+HALVE_HALO = 8
+"""Rows of context the antialiased bicubic halving needs (its support is 4 rows each side)."""
 
 
-def _finish(img: Image, rgb: np.ndarray, ref: np.ndarray, colour: str, note: str) -> Image:
-    """Colour fix against `ref`, back to grey if the input was, alpha resized: the output Image."""
-    out = colour_fix(torch.from_numpy(rgb).permute(2, 0, 1)[None], torch.from_numpy(ref).permute(2, 0, 1)[None],
-                     colour)[0].permute(1, 2, 0).numpy()
-    h, w = out.shape[:2]
-    if img.channels == 1:
-        out = out.mean(axis=2, keepdims=True)
+def _output(img: Image, rgb: np.ndarray, size: tuple[int, int], scale: int, colour: str,
+            halve: bool) -> tuple[np.ndarray, Callable[[int, torch.Tensor], None], Callable[[], None]]:
+    """The output array (h, w, channels of `img`) and the sink that fills it from the network's finished rows:
+    [halved (x2)], colour-fixed against the input upsampled by `scale` ("wavelet" row by row; "adain" once all rows
+    are in, by `finish()`), back to grey when the input was."""
+    h, w = size
+    arr = np.empty((h, w, img.channels), np.float32)
+    lr = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+
+    def ref_rows(r0: int, r1: int) -> torch.Tensor:
+        return upsample_rows(lr, scale, r0, r1).clamp(0, 1)
+
+    def write(r0: int, rows: torch.Tensor) -> None:
+        x = rows[0].permute(1, 2, 0).numpy()
+        arr[r0:r0 + x.shape[0]] = x.mean(axis=2, keepdims=True) if img.channels == 1 else x
+
+    sink = write
+    if colour == "wavelet":
+        sink = RowStream(lambda x, r0: colour_fix(x, ref_rows(r0, r0 + x.shape[2]), "wavelet"), h, sink,
+                         halo=BLUR_HALO)
+    if halve:
+        def half(x: torch.Tensor, r0: int) -> torch.Tensor:
+            return F.interpolate(x, size=(x.shape[2] // 2, x.shape[3] // 2), mode="bicubic", antialias=True,
+                                 align_corners=False).clamp_(0, 1)
+
+        sink = RowStream(half, 2 * h, sink, halo=HALVE_HALO, down=2)
+
+    def finish() -> None:
+        if colour == "adain":
+            _adain_in_place(arr, ref_rows, img.channels)
+
+    return arr, sink, finish
+
+
+def _adain_in_place(arr: np.ndarray, ref_rows: Callable[[int, int], torch.Tensor], channels: int,
+                    chunk: int = 256) -> None:
+    """AdaIN colour fix of the finished output: per-channel mean and std matched to the reference's."""
+    def stats(get) -> tuple[np.ndarray, np.ndarray]:
+        s1 = s2 = 0.0
+        for r in range(0, arr.shape[0], chunk):
+            x = get(r, min(arr.shape[0], r + chunk)).astype(np.float64)
+            s1, s2 = s1 + x.sum((0, 1)), s2 + (x * x).sum((0, 1))
+        n = arr.shape[0] * arr.shape[1]
+        mean = s1 / n
+        return mean, np.sqrt(np.maximum(s2 / n - mean**2, 0) * n / max(n - 1, 1))
+
+    def ref(r0: int, r1: int) -> np.ndarray:
+        x = ref_rows(r0, r1)[0].permute(1, 2, 0).numpy()
+        return x.mean(axis=2, keepdims=True) if channels == 1 else x
+
+    mo, so = stats(lambda a, b: arr[a:b])
+    mr, sr = stats(ref)
+    gain, shift = (sr / np.maximum(so, 1e-6)).astype(np.float32), mr.astype(np.float32)
+    for r in range(0, arr.shape[0], chunk):
+        x = arr[r:r + chunk]
+        np.clip((x - mo.astype(np.float32)) * gain + shift, 0, 1, out=x)
+
+
+def _finish(img: Image, arr: np.ndarray, note: str) -> Image:
+    """The output Image: the filled array, the alpha resized, a note."""
+    h, w = arr.shape[:2]
     alpha = None if img.alpha is None else resize_alpha(img.alpha, h, w)
-    return replace(img, pixels=np.ascontiguousarray(out, dtype=np.float32), alpha=alpha,
-                   notes=[*img.notes, note])
+    return replace(img, pixels=arr, alpha=alpha, notes=[*img.notes, note])
 
 
 def upscale(image: Image | np.ndarray | str | Path, scale: int = 4, degradation: str = "real", *,
@@ -158,11 +213,10 @@ def upscale(image: Image | np.ndarray | str | Path, scale: int = 4, degradation:
     check_output_size(img.height * scale, img.width * scale)
     enh = enhancer or Enhancer("sr", **settings)
     rgb = _rgb(img)
-    out = enh.run(rgb, DEGRADATIONS[degradation], progress)
-    if scale == 2:
-        out = _resize(out, 2 * img.height, 2 * img.width)
-    ref = upsample(torch.from_numpy(rgb).permute(2, 0, 1)[None], scale).clamp_(0, 1)[0].permute(1, 2, 0).numpy()
-    return _finish(img, out, ref, colour, f"x{scale} ({degradation}), {enh.prepared().mode}")
+    arr, sink, finish = _output(img, rgb, (img.height * scale, img.width * scale), scale, colour, scale == 2)
+    enh.run(rgb, DEGRADATIONS[degradation], progress, sink=sink)
+    finish()
+    return _finish(img, arr, f"x{scale} ({degradation}), {enh.prepared().mode}")
 
 
 def restore(image: Image | np.ndarray | str | Path, task: str = "denoise", *, colour: str = "none",
@@ -175,8 +229,10 @@ def restore(image: Image | np.ndarray | str | Path, task: str = "denoise", *, co
     img = as_image(image)
     enh = enhancer or Enhancer("restore", **settings)
     rgb = _rgb(img)
-    out = enh.run(rgb, TASKS.index(task), progress)
-    return _finish(img, out, rgb, colour, f"{task}, {enh.prepared().mode}")
+    arr, sink, finish = _output(img, rgb, (img.height, img.width), 1, colour, False)
+    enh.run(rgb, TASKS.index(task), progress, sink=sink)
+    finish()
+    return _finish(img, arr, f"{task}, {enh.prepared().mode}")
 
 
 def _rgb(img: Image) -> np.ndarray:
