@@ -142,7 +142,8 @@ Degradations: {tasks}
 
 **Recipe.** `ditlab imaging train {name}` (`ditlab.imaging.train`): AdamW lr {lr}, {warmup} warm-up steps, batch
 {batch} crops of {tile} x {tile} LR pixels, L1 loss, grad clip {grad_clip}, EMA {ema_decay} (the EMA weights are
-shipped, float16), bf16 autocast, {steps} steps, {hours:.2f} h on a 2-core CPU.
+shipped, float16), bf16 autocast, {steps} steps, {hours:.2f} h of wall-clock training on 2-core CPU machines
+(AMD EPYC, then Intel Xeon with AMX: sessions run on machines that come and go).
 
 **Metrics.** Y-PSNR (BT.601 limited range, border = scale) on 8 validation images of 128 x 128 (validation
 seeds): {val}. For reference, {base_name} on the same images: {base}.
