@@ -8,11 +8,11 @@ with `degrade.degrade` on seed 0 (x4 "bicubic" and "realesrgan"; x1 "denoise", "
 `metrics.evaluate`: Y-PSNR and SSIM (BT.601 limited range, border = scale), RGB PSNR, colour bias (max over
 channels of the mean bias, in 1/255), means over a set's images; seconds per image.
 
-Tiling: 32 LR crops of 96 x 96 at random offsets of the held-out photos and procedural images, upscaled x4 with
-the default tile (32, overlap 4): the gradient energy across the tiles' seams over that across the other pixel
-boundaries at the same sub-pixel phase, pooled over the crops (`metrics.seam_energy`, period 4), beside bicubic's
-at the same places (what the content alone gives) and the tiles stitched without blending (what the measure sees
-of a seam).
+Tiling: 32 LR crops at random offsets of the held-out photos and procedural images, sized so that the default tile
+(32) and overlap (8) fit them exactly (104 x 104), upscaled x4: the gradient energy across the tiles' seams over
+that across the other pixel boundaries at the same sub-pixel phase, pooled over the crops (`metrics.seam_energy`,
+period 4), beside bicubic's at the same places (what the content alone gives) and the same network's tiles of
+128 x 128 crops stitched without overlap (what the measure sees of a seam).
 Speed and memory: a 512 x 512 input to 2048 x 2048 (x4, 4 steps), default precision (auto) and fp32 eager; each in a
 child process (`run_in_child`) for its own peak RSS, timed after the network is loaded and prepared; the full run
 also takes a 2048 x 2048 input to 8192 x 8192.
@@ -43,7 +43,7 @@ METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "colour_bias_255", "seconds", "seam_r
 PARTS = ("sr-bicubic", "sr-real", "restore", "tiling", "speed")
 NETS = {"sr": "sr-x4", "restore": "restore-x1", "edsr": "edsr-x4"}
 TILED = "SRDiT, tiled (default tile and overlap)"
-SEAM_TASK = "tiling seams, x4 of held-out 96 x 96 crops (pooled; 32, quick 8)"
+SEAM_TASK = "tiling seams, x4 real-world, default steps, of held-out crops (pooled; 32, quick 8)"
 SR_TASK = {"sr-bicubic": ("bicubic", "bicubic"), "sr-real": ("realesrgan", "real")}  # part -> (degrade kind, mode)
 
 
@@ -131,7 +131,7 @@ def score_set(images: list[tuple[str, np.ndarray]], make_input: Callable[[np.nda
     return out
 
 
-def seam_crops(n: int = 32, size: int = 96) -> list[np.ndarray]:
+def seam_crops(n: int, size: int) -> list[np.ndarray]:
     """LR crops for the seam measurement: `n` crops of `size` x `size` at seeded random offsets of the held-out
     photos (cycled) and procedural test images; many offsets, so the content's own edges average out."""
     rng = np.random.default_rng(0)
@@ -144,24 +144,26 @@ def seam_crops(n: int = 32, size: int = 96) -> list[np.ndarray]:
     return crops
 
 
-def tiling_run(nets: dict, n: int = 32, size: int = 96) -> dict[str, dict]:
-    """Seam energy ratio (`metrics.seam_energy`, pooled over `seam_crops`) of SRDiT's tiled x4 result at its tile
-    seams, beside bicubic's at the same places (what the content alone gives, ~1) and the same network's tiles
-    stitched without blending (overlap 0: the seams a stitcher leaves, which the measure must see)."""
+def tiling_run(nets: dict, n: int = 32, degradation: str = "real") -> dict[str, dict]:
+    """Seam energy ratio (`metrics.seam_energy` at period 4, pooled over `n` `seam_crops`) of SRDiT's tiled x4
+    result at its tile seams (default steps), beside bicubic's at the same places (what the content alone gives,
+    ~1) and the same network's tiles stitched without overlap (the seams a stitcher leaves, which the measure must
+    see). Crops hold whole tiles: tile + 3 strides, so the overlap is the nominal one."""
     enh = Enhancer("sr", weights=nets["sr"])
     tile, overlap = enh.tile_size, default_overlap(enh.tile_size)
     stitched = Enhancer("sr", weights=nets["sr"], overlap=0)
-    runs = {TILED: (lambda lr: upscale(lr, 4, "real", enhancer=enh).pixels, overlap),
+    size = tile + 3 * (tile - overlap)
+    runs = {TILED: (lambda lr: upscale(lr, 4, degradation, enhancer=enh).pixels, size, overlap),
             "SRDiT, tiles stitched (overlap 0, no blending)":
-                (lambda lr: upscale(lr, 4, "real", enhancer=stitched).pixels, 0),
-            "bicubic (same places)": (lambda lr: baselines.upscale(lr, 4, "bicubic"), overlap)}
+                (lambda lr: upscale(lr, 4, degradation, enhancer=stitched).pixels, 4 * tile, 0),
+            "bicubic (same places)": (lambda lr: baselines.upscale(lr, 4, "bicubic"), size, overlap)}
     out = {}
-    crops = seam_crops(n, size)
-    for name, (fn, ov) in runs.items():
+    for name, (fn, size_, ov) in runs.items():
+        crops = seam_crops(n, size_)
         fn(crops[0][:16, :16])  # prepare before timing
         seam = expected = sec = 0.0
+        cut = seams(size_, tile, ov, 4)
         for lr in crops:
-            cut = seams(size, tile, ov, 4)
             t0 = time.perf_counter()
             img = fn(lr)
             sec += time.perf_counter() - t0

@@ -123,8 +123,11 @@ def sr_loss(model: SRDiT, batch: dict, generator: torch.Generator) -> torch.Tens
 # ----------------------------------------------------------------------------------------------
 
 def default_overlap(tile: int) -> int:
-    """LR pixels neighbouring tiles share by default: an eighth of the tile (4 of 32; 16 HR pixels at x4)."""
-    return max(1, tile // 8)
+    """LR pixels neighbouring tiles share by default: a quarter of the tile (8 of 32; 32 HR pixels at x4). With an
+    eighth (4 of 32) the blend of two tiles that disagree near their borders left 20% less gradient energy along
+    the seams than elsewhere at 1 step (`ditlab imaging benchmark --only tiling` measures it); a quarter keeps it
+    within 6%, for 22% more tiles at 512 x 512."""
+    return max(1, tile // 4)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
