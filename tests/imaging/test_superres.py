@@ -186,10 +186,11 @@ def _whole_image_sampler(m, lr, tile, overlap, steps, seed):
     return from_model(x)
 
 
-@pytest.mark.parametrize("steps,overlap,batch", [(4, 4, 16), (2, 8, 4), (1, 4, 2)])
-def test_wavefront_equals_the_whole_image_sampler(steps, overlap, batch):
-    m = tiny()
+@pytest.mark.parametrize("steps,overlap,batch,scale", [(4, 4, 16, 4), (2, 8, 4, 4), (1, 4, 2, 4), (4, 4, 8, 1)])
+def test_wavefront_equals_the_whole_image_sampler(steps, overlap, batch, scale):
+    m = tiny(scale)
     lr = torch.rand(1, 3, 64, 40, generator=torch.Generator().manual_seed(1))
+    keep = lr.clone()
     ref = _whole_image_sampler(m, lr, 16, overlap, steps, 5)
     got = sample(m, lr, steps=steps, tile=16, overlap=overlap, batch=batch, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
@@ -198,6 +199,7 @@ def test_wavefront_equals_the_whole_image_sampler(steps, overlap, batch):
                   generator=torch.Generator().manual_seed(5), sink=lambda r, x: rows.append((r, x)))
     assert none is None and [r for r, _ in rows] == sorted(r for r, _ in rows) and rows[0][0] == 0
     assert torch.allclose(torch.cat([x for _, x in rows], 2), ref, atol=1e-5)
+    assert torch.equal(lr, keep)  # the input is not written to (at x1 the start state is the input itself)
 
 
 def test_wavefront_reads_only_finished_bands_and_keeps_few_alive():

@@ -181,7 +181,8 @@ def _pad_to(lr: torch.Tensor, h: int, w: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 
 def upsample_rows(lr: torch.Tensor, scale: int, r0: int, r1: int) -> torch.Tensor:
-    """Rows [r0, r1) of `upsample(lr, scale)` (B, C, scale*h, scale*w), from the LR rows they depend on only."""
+    """Rows [r0, r1) of `upsample(lr, scale)` (B, C, scale*h, scale*w), from the LR rows they depend on only (at x1
+    a view of `lr`)."""
     if scale == 1:
         return lr[:, :, r0:r1]
     h = lr.shape[2]
@@ -298,7 +299,7 @@ def sample(model: SRDiT, lr: torch.Tensor, steps: int | None = None, generator: 
     def band_state(i: int, k: int) -> torch.Tensor:
         if i == 0 and k not in state[0]:
             a, b = bands[k]
-            y0 = upsample_rows(lr_pad, s, a * s, b * s)
+            y0 = upsample_rows(lr_pad, s, a * s, b * s).clone()  # at x1 a view of the input: not to be written
             state[0][k] = y0.add_(_band_noise(y0.shape, base, 0, k), alpha=std_T)
         return state[i][k]
 
