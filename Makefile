@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.ditlab-setup
 SETUP_INPUTS := scripts/setup.sh constraints.txt pyproject.toml $(wildcard packages/*/pyproject.toml)
 # Debian packages the project needs (installed when missing).
-export DITLAB_SYSTEM_PACKAGES :=
+export DITLAB_SYSTEM_PACKAGES := libusb-1.0-0
 
 .PHONY: app test test-slow setup lint bench
 
