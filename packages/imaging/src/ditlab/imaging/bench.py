@@ -135,11 +135,17 @@ def score_set(images: list[tuple[str, np.ndarray]], make_input: Callable[[np.nda
     return out
 
 
+@functools.cache
+def _seam_pool() -> list[np.ndarray]:
+    """The held-out images the seam crops come from (made once per process)."""
+    return [hr for _, hr in ood_images()] + [hr for _, hr in eval_images("test", 4, (256, 256))]
+
+
 def seam_crops(n: int, size: int) -> list[np.ndarray]:
     """LR crops for the seam measurement: `n` crops of `size` x `size` at seeded random offsets of the held-out
     photos (cycled) and procedural test images; many offsets, so the content's own edges average out."""
     rng = np.random.default_rng(0)
-    pool = [hr for _, hr in ood_images()] + [hr for _, hr in eval_images("test", 4, (256, 256))]
+    pool = _seam_pool()
     crops = []
     for i in range(n):
         img = pool[i % len(pool)]
@@ -196,10 +202,9 @@ def speed_job(size: int, precision: str, weights: str, steps: int = 4) -> dict:
 
 def _rss_mb() -> float:
     """This process's resident memory now (MiB)."""
-    import os
+    import psutil
 
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def run_benchmark(quick: bool = False, json_path: str | Path | None = None, threads: int = 0,

@@ -26,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 
+from ditlab.core import splits
 from ditlab.core.errors import InputError
 from ditlab.imaging.degrade import check_degradation, degrade, resize
 
@@ -609,11 +610,7 @@ def photo(name: str) -> np.ndarray:
 
 def split_seed(split: str, i: int) -> int:
     """The seed of image `i` of `split`: train, val and test seeds lie in disjoint ranges of 10 million."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
-    if not 0 <= i < SPLIT_SIZE:
-        raise InputError(f"image index must be in [0, {SPLIT_SIZE}), got {i}")
-    return SPLIT_OFFSETS[split] + i
+    return splits.split_seed(SPLIT_OFFSETS, SPLIT_SIZE, split, i, "image")
 
 
 def eval_images(split: str, n: int, size: tuple[int, int] = (128, 128)) -> list[tuple[str, np.ndarray]]:

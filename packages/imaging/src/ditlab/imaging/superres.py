@@ -22,6 +22,7 @@ the whole image at every step (a test checks it against that plain algorithm).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,9 +217,14 @@ class Wavefront:
     def groups(self) -> int:
         return -(-len(self.rows) // self.group)
 
+    @functools.cached_property
+    def ends(self) -> list[int]:
+        """The last band each tile row covers."""
+        return [max(k for k, a in enumerate(self.rows) if a < r + self.tile) for r in self.rows]
+
     def last_band(self, r: int) -> int:
         """The last band tile row r covers."""
-        return max(k for k, a in enumerate(self.rows) if a < self.rows[r] + self.tile)
+        return self.ends[r]
 
     def reads(self, j: int) -> range:
         """The bands group j's tiles read."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ditlab.core import splits
 from ditlab.core.errors import InputError
 
 CLASSES = ("chair", "airplane", "car", "table", "lamp")
@@ -42,11 +43,7 @@ def check_class(name: str) -> str:
 
 def split_seed(split: str, i: int) -> int:
     """The seed of shape i of `split` ("train", "val", "test")."""
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}; expected one of {tuple(SPLITS)}")
-    if not 0 <= i < SPLIT_SIZE:
-        raise InputError(f"shape index must lie in [0, {SPLIT_SIZE}), got {i}")
-    return SPLITS[split] + i
+    return splits.split_seed(SPLITS, SPLIT_SIZE, split, i, "shape")
 
 
 # ----------------------------------------------------------------------------------------------
