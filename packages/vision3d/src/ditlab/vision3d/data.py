@@ -14,10 +14,14 @@ longest side is 1 (`CANONICAL`), y up, the front towards -z.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from ditlab.core import splits
 from ditlab.core.errors import InputError
+from ditlab.core.files import atomic_write
 
 CLASSES = ("chair", "airplane", "car", "table", "lamp")
 SPLITS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
@@ -257,3 +261,25 @@ def dataset(name: str, split: str, count: int, n: int = 2048, start: int = 0) ->
     """(count, n, 3) float32: shapes start .. start + count - 1 of `split` of class `name`."""
     check_class(name)
     return np.stack([shape_points(name, split_seed(split, start + i), n) for i in range(count)])
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/ditlab/vision3d (default ~/.cache/ditlab/vision3d): generated datasets kept between runs."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ditlab" / "vision3d"
+
+
+def cached_dataset(name: str, split: str, count: int, n: int = 2048) -> np.ndarray:
+    """`dataset(name, split, count, n)`, generated once and then read from `cache_dir()` (a pure function of its
+    arguments, so the file is a cache, never a source of truth)."""
+    check_class(name)
+    path = cache_dir() / f"shapes-{name}-{split}-{count}x{n}.npy"
+    if path.is_file():
+        return np.load(path)
+    points = dataset(name, split, count, n)
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.save(f, points)
+
+    atomic_write(path, write)
+    return points

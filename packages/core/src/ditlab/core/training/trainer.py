@@ -332,6 +332,11 @@ class Trainer:
         generator.manual_seed(_seed(self.config.seed, stream, self.accelerator.process_index, step))
         return generator
 
+    @property
+    def elapsed_s(self) -> float:
+        """Training seconds over all sessions of this run (what `state.json` records), e.g. for a time budget."""
+        return self._elapsed()
+
     def _elapsed(self) -> float:
         """Training seconds over all sessions of this run."""
         if self._session_t0 is None:
