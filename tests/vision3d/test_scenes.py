@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ditlab.core.errors import InputError
-from ditlab.vision3d.data import _o3d
+from ditlab.vision3d.data import open3d_module
 from ditlab.vision3d.scenes import (
     KINDS,
     SPLIT_SIZE,
@@ -88,7 +88,7 @@ def test_noise_and_ray_drop():
     c, s = math.cos(yaw), math.sin(yaw)
     dirs = ray_directions(sensor) @ np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]], np.float32)
     rays = np.concatenate([np.broadcast_to(np.float32([x, y, sensor.height]), dirs.shape), dirs], -1)
-    t = world.scene().cast_rays(_o3d().core.Tensor(np.ascontiguousarray(rays)))["t_hit"].numpy()
+    t = world.scene().cast_rays(open3d_module().core.Tensor(np.ascontiguousarray(rays)))["t_hit"].numpy()
     hit, kept = t <= sensor.max_range, clean.depth > 0
     assert np.allclose(clean.depth[kept], t[kept], atol=1e-4) and not (kept & ~hit).any()
     assert 0.005 < 1 - kept.sum() / hit.sum() < 0.035

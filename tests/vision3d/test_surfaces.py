@@ -6,13 +6,13 @@ import pytest
 
 from ditlab.core.errors import InputError
 from ditlab.vision3d import surfaces
-from ditlab.vision3d.data import _o3d, shape_points
+from ditlab.vision3d.data import open3d_module, shape_points
 from ditlab.vision3d.surfaces import bev_image, point_figure, range_view_image, reconstruct, write_mesh
 
 
 @pytest.fixture(scope="module")
 def sphere_points():
-    o3d = _o3d()
+    o3d = open3d_module()
     o3d.utility.random.seed(0)
     return np.asarray(o3d.geometry.TriangleMesh.create_sphere(1.0, resolution=30).sample_points_poisson_disk(2048)
                       .points)
@@ -56,7 +56,7 @@ def _fail(*args, **kwargs):
 
 
 def test_both_methods_failing_gives_the_convex_hull(monkeypatch, sphere_points):
-    o3d = _o3d()
+    o3d = open3d_module()
     monkeypatch.setattr(o3d.geometry.TriangleMesh, "create_from_point_cloud_poisson", _fail)
     monkeypatch.setattr(o3d.geometry.TriangleMesh, "create_from_point_cloud_ball_pivoting",
                         lambda *a, **k: o3d.geometry.TriangleMesh())
@@ -97,7 +97,7 @@ def _glb(path):
 
 
 def test_glb_is_a_valid_gltf_binary_that_reads_back(tmp_path, chair_surface):
-    o3d = _o3d()
+    o3d = open3d_module()
     mesh = chair_surface.mesh
     path = write_mesh(tmp_path / "chair.glb", mesh)
     assert path.read_bytes()[:4] == b"glTF"
@@ -118,14 +118,14 @@ def test_glb_is_a_valid_gltf_binary_that_reads_back(tmp_path, chair_surface):
 
 @pytest.mark.parametrize("suffix", [".obj", ".ply", ".stl"])
 def test_other_formats_read_back(tmp_path, chair_surface, suffix):
-    o3d = _o3d()
+    o3d = open3d_module()
     path = write_mesh(tmp_path / f"chair{suffix.upper()}", chair_surface.mesh)
     assert len(o3d.io.read_triangle_mesh(str(path)).triangles) == len(chair_surface.mesh.triangles)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 def test_bad_mesh_writes_leave_nothing_behind(tmp_path, monkeypatch, chair_surface):
-    o3d = _o3d()
+    o3d = open3d_module()
     with pytest.raises(InputError, match=r"unknown mesh file type 'chair.fbx'.*\.glb"):
         write_mesh(tmp_path / "chair.fbx", chair_surface.mesh)
     with pytest.raises(InputError, match="empty mesh"):

@@ -31,7 +31,7 @@ MAX_POINTS = 1_000_000
 CANONICAL = "bounding-box centre at the origin, longest side 1, y up, front towards -z"
 
 
-def _o3d():
+def open3d_module():
     try:
         import open3d as o3d
     except ImportError as e:  # libusb-1.0-0 missing is the usual cause
@@ -55,7 +55,7 @@ def split_seed(split: str, i: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 def _box(size, centre):
-    o3d = _o3d()
+    o3d = open3d_module()
     sx, sy, sz = (float(v) for v in size)
     m = o3d.geometry.TriangleMesh.create_box(sx, sy, sz)
     m.translate(np.asarray(centre, float) - np.array([sx, sy, sz]) / 2)
@@ -63,7 +63,7 @@ def _box(size, centre):
 
 
 def _rotate(m, axis: str, angle: float, centre=None):
-    o3d = _o3d()
+    o3d = open3d_module()
     r = {"x": (angle, 0, 0), "y": (0, angle, 0), "z": (0, 0, angle)}[axis]
     m.rotate(o3d.geometry.get_rotation_matrix_from_xyz(r), center=m.get_center() if centre is None else centre)
     return m
@@ -71,7 +71,7 @@ def _rotate(m, axis: str, angle: float, centre=None):
 
 def _cylinder(radius, height, centre, axis: str = "y", resolution: int = 24):
     """A cylinder along `axis` centred at `centre` (open3d's is along z)."""
-    o3d = _o3d()
+    o3d = open3d_module()
     m = o3d.geometry.TriangleMesh.create_cylinder(float(radius), float(height), resolution=resolution)
     if axis == "y":
         _rotate(m, "x", np.pi / 2, (0, 0, 0))
@@ -82,7 +82,7 @@ def _cylinder(radius, height, centre, axis: str = "y", resolution: int = 24):
 
 
 def _cone(radius, height, centre, axis: str = "y", flip: bool = False):
-    o3d = _o3d()
+    o3d = open3d_module()
     m = o3d.geometry.TriangleMesh.create_cone(float(radius), float(height), resolution=24)
     m.translate((0, 0, -height / 2))
     angle = {"y": -np.pi / 2, "z": 0.0, "x": np.pi / 2}[axis] + (np.pi if flip else 0.0)
@@ -92,7 +92,7 @@ def _cone(radius, height, centre, axis: str = "y", flip: bool = False):
 
 
 def _sphere(radius, centre, scale=(1, 1, 1)):
-    o3d = _o3d()
+    o3d = open3d_module()
     m = o3d.geometry.TriangleMesh.create_sphere(float(radius), resolution=16)
     v = np.asarray(m.vertices) * np.asarray(scale, float)
     m.vertices = o3d.utility.Vector3dVector(v)
@@ -229,7 +229,7 @@ _BUILDERS = {"chair": _chair, "table": _table, "car": _car, "airplane": _airplan
 
 def shape_mesh(name: str, seed: int):
     """The open3d TriangleMesh of shape `seed` of class `name`, in the canonical frame (`CANONICAL`)."""
-    o3d = _o3d()
+    o3d = open3d_module()
     rng = np.random.default_rng([CLASSES.index(check_class(name)), int(seed)])
     mesh = o3d.geometry.TriangleMesh()
     for part in _BUILDERS[name](rng):
@@ -244,7 +244,7 @@ def shape_mesh(name: str, seed: int):
 def sample_points(mesh, n: int, seed: int) -> np.ndarray:
     """(n, 3) float32 points on the mesh surface by Poisson disk (open3d's sample elimination from 5n uniform
     samples), seeded."""
-    o3d = _o3d()
+    o3d = open3d_module()
     if not 1 <= n <= MAX_POINTS:
         raise InputError(f"point count must lie in [1, {MAX_POINTS}], got {n}")
     o3d.utility.random.seed(int(seed) % (2**31))

@@ -27,7 +27,7 @@ import numpy as np
 
 from ditlab.core.errors import FileFormatError, InputError
 from ditlab.core.files import atomic_write, split_suffix
-from ditlab.vision3d.data import MAX_POINTS, _o3d
+from ditlab.vision3d.data import MAX_POINTS, open3d_module
 
 FORMATS = (".ply", ".pcd", ".xyz", ".bin", ".pcd.bin", ".npy")
 """Point-cloud file suffixes `read_points` and `write_points` know (`.pcd.bin` is nuScenes, not KITTI `.bin`)."""
@@ -143,7 +143,7 @@ def _read_npy(path: Path, max_points: int) -> PointCloud:
 
 
 def _read_open3d(path: Path, suffix: str, size: int) -> PointCloud:
-    o3d = _o3d()
+    o3d = open3d_module()
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):  # we raise our own error
         tcloud = o3d.t.io.read_point_cloud(str(path), format=suffix[1:])
     attrs = tcloud.point
@@ -178,7 +178,7 @@ def read_points(path: str | Path, max_points: int = MAX_POINTS, drop_nonfinite: 
 
 def _write_open3d(tmp: Path, cloud: PointCloud, suffix: str) -> None:
     """Write with open3d, which picks the format from the file name, in a private folder, then move into `tmp`."""
-    o3d = _o3d()
+    o3d = open3d_module()
     tcloud = o3d.t.geometry.PointCloud(o3d.core.Tensor(cloud.points))
     if suffix != ".xyz":
         if cloud.intensity is not None:

@@ -400,3 +400,50 @@ def bootstrap_ci(distances: SetDistances | Mapping[str, SetDistances], n_boot: i
             lo, hi = np.quantile(values, q)
             out[name] = (float(lo), float(hi))
     return out
+
+
+# ------------------------------------------------------------------------------------------------------ LiDAR
+
+BEV_EXTENT = 50.0
+BEV_CELL = 0.5
+
+
+def bev_occupancy(points: Any, extent: float = BEV_EXTENT, cell: float = BEV_CELL) -> np.ndarray:
+    """(n, n) bool bird's-eye occupancy of a scan (points (N, 3) in metres, sensor at the origin, z up): the cells of
+    `cell` metres over x, y in [-extent, extent) holding at least one point (LiDM's BEV: 0.5 m cells, +-50 m)."""
+    p = _cloud(points, "scan")
+    n = int(round(2 * extent / cell))
+    ij = np.floor((p[:, :2] + extent) / cell).astype(np.int64)
+    keep = np.all((ij >= 0) & (ij < n), axis=1)
+    grid = np.zeros((n, n), bool)
+    grid[ij[keep, 0], ij[keep, 1]] = True
+    return grid
+
+
+def _cells(grid: np.ndarray) -> np.ndarray:
+    """The occupied cells of a BEV grid as 2D points in [0, 1] (cell centres over the grid's side)."""
+    n = grid.shape[0]
+    return (np.argwhere(grid) + 0.5) / n
+
+
+def bev_mmd(samples: Any, references: Any, extent: float = BEV_EXTENT, cell: float = BEV_CELL) -> float:
+    """LiDAR BEV MMD: the mean over references of the Chamfer distance (squared, sum of both means, coordinates in
+    grid units over [0, 1]) from its binarised BEV occupancy to the nearest sample's."""
+    s = [_cells(bev_occupancy(c, extent, cell)) for c in _cloud_set(samples, "samples")]
+    r = [_cells(bev_occupancy(c, extent, cell)) for c in _cloud_set(references, "references")]
+    if any(len(c) == 0 for c in s + r):
+        raise InputError(f"a scan has no point within +-{extent} m; expected scans around the sensor")
+    trees = [cKDTree(c) for c in s]
+    sr = np.array([[_chamfer(a, ta, b, cKDTree(b)) for b in r] for a, ta in zip(s, trees, strict=True)])
+    return float(sr.min(axis=0).mean())
+
+
+def bev_jsd(samples: Any, references: Any, extent: float = BEV_EXTENT, cell: float = BEV_CELL) -> float:
+    """LiDAR BEV JSD (base 2): between the mean binarised BEV occupancies of the two sets, as distributions."""
+    def mean_grid(clouds, what):
+        return np.mean([bev_occupancy(c, extent, cell) for c in _cloud_set(clouds, what)], axis=0).ravel()
+
+    p, q = mean_grid(samples, "samples"), mean_grid(references, "references")
+    if p.sum() == 0 or q.sum() == 0:
+        raise InputError(f"no point within +-{extent} m in one of the sets; expected scans around the sensor")
+    return _jsd(p, q)

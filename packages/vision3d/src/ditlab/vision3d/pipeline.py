@@ -38,7 +38,8 @@ from ditlab.vision3d.io import (
 from ditlab.vision3d.models import PointDiT, PointNetDiffusion, RangeDiT
 
 MODEL_CLASSES = {c.__name__: c for c in (PointDiT, PointNetDiffusion, RangeDiT)}
-WEIGHTS = {"shape": "shape-dit", "shape-baseline": "shape-pointnet", "lidar": "lidar-dit"}
+WEIGHTS = {"shape": "shape-dit", "shape-baseline": "shape-pointnet", "lidar": "lidar-dit",
+           "lidar-baseline": "lidar-pointnet"}
 MAX_SHAPES = 1000
 """Shapes one call may generate."""
 MAX_SHAPE_POINTS = 16384
@@ -63,7 +64,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     return core_load(MODEL_CLASSES[name], name_or_path, "ditlab.vision3d", device=device)
 
 
-def _noise(shape: tuple[int, ...], seed: int, index: int) -> torch.Tensor:
+def sample_noise(shape: tuple[int, ...], seed: int, index: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(
         int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])))
 
@@ -123,7 +124,7 @@ class ShapeGenerator:
         out = np.empty((n, points, 3), np.float32)
         for lo in range(0, n, self.batch):
             k = min(self.batch, n - lo)
-            x_t = torch.stack([_noise((points, 3), seed, lo + j) for j in range(k)])
+            x_t = torch.stack([sample_noise((points, 3), seed, lo + j) for j in range(k)])
             labels = torch.full((k,), label, dtype=torch.long, device=self.device)
             x0 = core_sample(m, PATH, (k, points, 3), steps=steps, guidance_scale=guidance, x_T=x_t,
                              model_kwargs={"class_labels": labels},
@@ -239,7 +240,7 @@ class LidarGenerator:
             k = min(self.batch, b - lo)
             kn = torch.from_numpy(known[lo:lo + k]).to(self.device)
             m = torch.from_numpy(mask[lo:lo + k, None].astype(np.float32)).to(self.device)
-            x_t = torch.stack([_noise(tuple(known.shape[1:]), seed, lo + j) for j in range(k)])
+            x_t = torch.stack([sample_noise(tuple(known.shape[1:]), seed, lo + j) for j in range(k)])
             x0 = core_sample(self.model, PATH, tuple(x_t.shape), steps=steps, x_T=x_t,
                              model_kwargs={"known": kn, "known_mask": m}, precision=self.precision)
             x0 = x0.clamp(-1, 1).cpu()

@@ -32,7 +32,7 @@ import numpy as np
 
 from ditlab.core import splits
 from ditlab.core.errors import InputError
-from ditlab.vision3d.data import _o3d
+from ditlab.vision3d.data import open3d_module
 
 STYLES = ("urban", "suburban")
 KINDS = ("road", "sidewalk", "terrain", "building", "car", "vegetation", "pole")
@@ -485,7 +485,7 @@ class World:
 
     def scene(self):
         """An open3d `RaycastingScene` of the world (one geometry; `primitive_ids` index the triangles)."""
-        o3d = _o3d()
+        o3d = open3d_module()
         scene = o3d.t.geometry.RaycastingScene()
         scene.add_triangles(o3d.core.Tensor(self.vertices), o3d.core.Tensor(self.triangles))
         return scene
@@ -522,7 +522,7 @@ def scan(seed: int, style: str = "urban", sensor: SensorSpec = SensorSpec(), noi
     if not (isinstance(noise, int | float) and 0.0 <= noise <= 1.0):
         raise InputError(f"range noise must be a number in [0, 1] metres, got {noise!r}")
     world = build_world(seed, style)
-    o3d = _o3d()
+    o3d = open3d_module()
     dirs = ray_directions(sensor)
     x, y, yaw = world.pose
     c, s = math.cos(yaw), math.sin(yaw)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ditlab.core.errors import InputError
 from ditlab.core.files import atomic_write
-from ditlab.vision3d.data import _o3d
+from ditlab.vision3d.data import open3d_module
 
 METHODS = ("poisson", "ball_pivoting")
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl")
@@ -113,7 +113,7 @@ def _oriented_cloud(pts: np.ndarray, flat_normal: np.ndarray | None):
     normal; other clouds are oriented by propagation over the neighbour graph (consistent across thin parts, where
     "away from the centroid" is wrong on one side), falling back to "away from the centroid" when qhull refuses
     the graph; then all are flipped if most point inwards."""
-    o3d = _o3d()
+    o3d = open3d_module()
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
     nn = np.asarray(pcd.compute_nearest_neighbor_distance())
     spacing = float(nn.mean())
@@ -135,7 +135,7 @@ def _oriented_cloud(pts: np.ndarray, flat_normal: np.ndarray | None):
 def _poisson(pcd, depth: int, density_quantile: float):
     """Screened Poisson, without its least supported vertices (the bubbles it invents far from the points),
     cropped to the cloud's bounding box enlarged by 5% of its longest side."""
-    o3d = _o3d()
+    o3d = open3d_module()
     mesh, densities = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=depth)
     mesh.vertex_colors = o3d.utility.Vector3dVector()  # all black, interpolated from a cloud without colours
     d = np.asarray(densities)
@@ -149,7 +149,7 @@ def _poisson(pcd, depth: int, density_quantile: float):
 def _ball_pivoting(pcd, spacing: float):
     """Ball pivoting with balls of 1, 2, 4 and 8 mean point spacings (small ones for detail, large ones to close
     the gaps of uneven sampling)."""
-    o3d = _o3d()
+    o3d = open3d_module()
     radii = o3d.utility.DoubleVector([spacing * k for k in (1, 2, 4, 8)])
     return o3d.geometry.TriangleMesh.create_from_point_cloud_ball_pivoting(pcd, radii)
 
@@ -181,7 +181,7 @@ def reconstruct(points, method: str = "poisson", depth: int = 8, density_quantil
     if spread[1] <= _FLAT * spread[0]:
         raise InputError(f"cannot build a surface from {n} points: they are collinear or coincide; "
                          "expected points spread over a surface")
-    o3d = _o3d()
+    o3d = open3d_module()
     with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
         pcd, spacing = _oriented_cloud(pts, axes[2] if spread[2] <= _FLAT * spread[0] else None)
         build = {"poisson": lambda: _poisson(pcd, depth, density_quantile),
@@ -249,7 +249,7 @@ def _gltf_bytes(mesh, binary: bool) -> bytes:
 def _write_o3d(tmp: Path, mesh, suffix: str) -> None:
     """open3d's writer picks the format from the extension: write `mesh<suffix>` in a private folder next to
     `tmp`, then move it onto `tmp` (the folder and anything half-written in it go either way)."""
-    o3d = _o3d()
+    o3d = open3d_module()
     with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".mesh-") as d:
         out = Path(d) / f"mesh{suffix}"
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
@@ -269,7 +269,7 @@ def write_mesh(path: str | Path, mesh) -> Path:
         raise InputError(f"unknown mesh file type {path.name!r}; expected a name ending in one of {MESH_SUFFIXES}")
     if len(mesh.triangles) == 0:
         raise InputError("cannot write an empty mesh (it has no triangles)")
-    o3d = _o3d()
+    o3d = open3d_module()
     shaded = o3d.geometry.TriangleMesh(mesh)
     shaded.remove_unreferenced_vertices()  # they would get zero normals, which glTF forbids
     shaded.compute_vertex_normals()
