@@ -123,16 +123,54 @@ def earth_movers_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def pairwise_distances(clouds_a: Any, clouds_b: Any = None, metric: str = "cd",
-                       progress: Progress | None = None) -> np.ndarray:
+                       progress: Progress | None = None, workers: int = 1) -> np.ndarray:
     """Matrix (len(a), len(b)) float64 of CD or EMD (`metric` "cd" or "emd") between every cloud of `clouds_a` and
     every cloud of `clouds_b`. With `clouds_b` None, the symmetric matrix of `clouds_a` against itself (each pair
     computed once, 0 on the diagonal). EMD is exact and needs one point count across all clouds: choose the count
-    to fit the time (see `earth_movers_distance`). `progress(done, total)` is called after each row."""
+    to fit the time (see `earth_movers_distance`). `progress(done, total)` is called after each row (each block of
+    rows with `workers` > 1: that many processes share the rows)."""
     _check_distance(metric)
     a = _cloud_set(clouds_a, "clouds_a")
     b = a if clouds_b is None else _cloud_set(clouds_b, "clouds_b")
     total = len(a) * (len(a) - 1) // 2 if clouds_b is None else len(a) * len(b)
-    return _matrix(a, b, clouds_b is None, metric, _Ticker(progress, total))
+    tick = _Ticker(progress, total)
+    if workers <= 1 or len(a) < 4:
+        return _matrix(a, b, clouds_b is None, metric, tick)
+    return _matrix_parallel(a, b, clouds_b is None, metric, tick, workers)
+
+
+def _rows(a: list[np.ndarray], b: list[np.ndarray], lo: int, hi: int, symmetric: bool, metric: str) -> np.ndarray:
+    """Rows lo .. hi-1 of the matrix (for symmetric ones, only the entries right of the diagonal)."""
+    out = np.zeros((hi - lo, len(b)))
+    for i in range(lo, hi):
+        start = i + 1 if symmetric else 0
+        if start < len(b):
+            out[i - lo, start:] = _matrix([a[i]], b[start:], False, metric, _Ticker(None, 0))[0]
+    return out
+
+
+def _matrix_parallel(a, b, symmetric: bool, metric: str, tick: _Ticker, workers: int) -> np.ndarray:
+    """`_matrix` over `workers` forked processes (only numpy and scipy run in them, no threads of their own), rows
+    split so that each block holds about the same number of pairs."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if metric == "emd":
+        _check_emd_counts(a, b)
+    n = len(a)
+    weights = np.array([len(b) - i - 1 if symmetric else len(b) for i in range(n)], float)
+    cuts = np.searchsorted(np.cumsum(weights), np.linspace(0, weights.sum(), 4 * workers + 1)[1:-1])
+    bounds = [int(x) for x in np.unique(np.concatenate([[0], cuts, [n]]))]
+    m = np.zeros((n, len(b)))
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        jobs = {pool.submit(_rows, a, b, lo, hi, symmetric, metric): (lo, hi) 
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)}
+        for job, (lo, hi) in jobs.items():
+            m[lo:hi] = job.result()
+            tick(int(weights[lo:hi].sum()))
+    if symmetric:
+        m = m + m.T
+    return m
 
 
 class _Ticker:
@@ -311,8 +349,10 @@ def normalise_unit_box(cloud: Any) -> np.ndarray:
     return (c - (lo + hi) / 2) / side
 
 
-def _normalise(samples: list[np.ndarray], references: list[np.ndarray],
-               normalisation: str | tuple[np.ndarray, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def normalise_sets(samples: list[np.ndarray], references: list[np.ndarray],
+                   normalisation: str | tuple[np.ndarray, np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Samples and references under `normalisation` (see `evaluate_sets`)."""
+    samples, references = _cloud_set(samples, "samples"), _cloud_set(references, "references")
     if isinstance(normalisation, tuple):
         mean, std = normalisation
         return normalise_global(samples, mean, std), normalise_global(references, mean, std)
@@ -349,7 +389,7 @@ def evaluate_sets(samples: Any, references: Any, *, normalisation: str | tuple[n
         raise InputError(f"the protocol compares as many generated samples as references; got {len(s)} samples and "
                          f"{len(r)} references")
     result: dict[str, Any] = {}
-    ns, nr = _normalise(s, r, normalisation)
+    ns, nr = normalise_sets(s, r, normalisation)
     pairs_each = len(s) * (len(s) - 1) + len(s) ** 2
     total = pairs_each * len(metrics)
     distances: dict[str, SetDistances] = {}
