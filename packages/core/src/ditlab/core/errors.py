@@ -11,8 +11,11 @@ from __future__ import annotations
 class InputError(ValueError):
     """Bad input from the user: a value, file or option that is wrong, with what was expected."""
 
-    def __str__(self) -> str:  # KeyError-style quoting never reaches the user
-        return super().__str__().strip("'\"")
+    def __str__(self) -> str:  # KeyError-style quoting (the whole message in one pair of quotes) never reaches the user
+        text = super().__str__()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]
+        return text
 
 
 class FileFormatError(InputError):

@@ -52,6 +52,13 @@ def _int(value, name: str, lo: int, hi: int) -> int:
     return int(value)
 
 
+def _angle(value, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} is empty or not a number; expected degrees, e.g. 135") from None
+
+
 def _zip(path: Path, files: list[Path]) -> Path:
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
@@ -130,7 +137,7 @@ def run_lidar(task: str, upload: str | None, start: float, end: float, steps: fl
         path, cloud = _read_scan(upload)
         name = safe_stem(path.name, FORMATS)
         if task == "complete":
-            sector = (float(start), float(end))
+            sector = (_angle(start, "sector start"), _angle(end, "sector end"))
             sector_columns(8, *sector)
             scan = gen.complete(cloud, sector, seed, progress=bar)
         else:

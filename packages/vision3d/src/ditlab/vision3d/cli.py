@@ -142,6 +142,9 @@ def _outputs(inputs: list[Path], out: Path, tag: str, fmt: str) -> list[tuple[Pa
     _, out_suffix = split_suffix(out, FORMATS)
     if len(inputs) == 1 and out_suffix:
         return [(inputs[0], out)]
+    if out_suffix and not out.is_dir():
+        raise UsageError(f"--out must be a point file for one input, or a folder for several; {out} names one file "
+                         f"for {len(inputs)} inputs")
     if out.suffix and not out_suffix or out.is_file():
         raise UsageError(f"--out must be a point file ({', '.join(FORMATS)}) for one input, or a folder; got {out}")
     pairs = [(p, out / f"{safe_stem(p.name, FORMATS)}_{tag}.{fmt}") for p in inputs]

@@ -206,7 +206,8 @@ def n_params(model: nn.Module) -> int:
 
 def matched_pointnet(target: int, **config) -> PointNetDiffusion:
     """The PointNet baseline whose parameter count is closest to `target` (widths in steps of 8)."""
-    best = min(range(64, 1025, 8), key=lambda w: abs(n_params(PointNetDiffusion(width=w, **config)) - target))
+    with torch.device("meta"):  # counted without allocating or initialising weights
+        best = min(range(64, 1025, 8), key=lambda w: abs(n_params(PointNetDiffusion(width=w, **config)) - target))
     return PointNetDiffusion(width=best, **config)
 
 
@@ -217,12 +218,14 @@ def matched_pointnet(target: int, **config) -> PointNetDiffusion:
 
 def periodic_table(dim: int, grid: tuple[int, int]) -> torch.Tensor:
     """(gh * gw, dim) positions: sin-cos of the row (half the channels) and sin-cos of whole turns of the column
-    (the other half, integer frequencies up to gw / 2), so column 0 and column gw - 1 are as close as any two
-    neighbours."""
+    (the other half: integer frequencies, geometrically spaced up to gw / 2, then the remaining integers), so
+    column 0 and column gw - 1 are as close as any two neighbours."""
     gh, gw = grid
     rows = sincos_table(dim // 2, (gh,))  # (gh, dim/2)
-    k = torch.from_numpy(np.unique(np.round(np.geomspace(1, max(gw / 2, 1), dim // 4)))).float()
-    k = torch.cat([k, torch.arange(1, dim // 4 - len(k) + 1).float() + 0.5])[: dim // 4]  # fill to dim/4
+    n = dim // 4
+    k = [int(v) for v in np.unique(np.round(np.geomspace(1, max(gw / 2, 1), n)))]
+    k += [v for v in range(1, max(gw, 2)) if v not in k]  # then the other whole frequencies: still periodic
+    k = torch.tensor((k * (n // len(k) + 1))[:n]).float()
     angle = 2 * math.pi * torch.arange(gw).float()[:, None] * k[None] / gw  # (gw, dim/4)
     cols = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)  # (gw, dim/2)
     return torch.cat([rows[:, None].expand(-1, gw, -1), cols[None].expand(gh, -1, -1)], dim=-1).reshape(gh * gw, dim)

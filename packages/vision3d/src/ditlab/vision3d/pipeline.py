@@ -168,6 +168,16 @@ def sector_columns(width: int, start_deg: float, end_deg: float) -> np.ndarray:
     return (azimuth - start_deg) % 360 < span
 
 
+def in_view(points: np.ndarray, spec: RangeSpec) -> np.ndarray:
+    """(N,) bool: the points within the sensor's vertical field of view (half a row of slack each side) and depth
+    range; the projection clips rows, so points above or below would otherwise land in the first or last beam."""
+    r = np.linalg.norm(points, axis=1)
+    pitch = np.degrees(np.arcsin(np.clip(points[:, 2] / np.maximum(r, 1e-9), -1, 1)))
+    half = (spec.fov_up - spec.fov_down) / spec.height / 2
+    return (r >= spec.min_depth) & (r <= spec.max_depth) & (pitch >= spec.fov_down - half) & \
+        (pitch <= spec.fov_up + half)
+
+
 @dataclass
 class LidarScan:
     """A scan as range images (the network's sensor: `spec`) and as points. `known` (H, W) marks the pixels that
@@ -268,6 +278,9 @@ class LidarGenerator:
         if len(cloud) == 0:
             raise InputError("the scan has no points")
         spec = spec or self.spec
+        if not in_view(cloud.points, spec).any():
+            raise InputError(f"no point of the scan lies within the sensor's field of view ({spec.fov_down} to "
+                             f"{spec.fov_up} deg) and depth range ({spec.min_depth} to {spec.max_depth} m)")
         depth, inten = to_range_image(cloud.points, cloud.intensity, spec)
         if not (depth > 0).any():
             raise InputError(f"no point of the scan lies within the sensor's field of view ({spec.fov_down} to "

@@ -71,7 +71,7 @@ def _shape_pointnet() -> PointNetDiffusion:
     return matched_pointnet(n_params(_shape_dit()), **SHAPE_CONFIG)
 
 
-LIDAR_RECIPE = replace(RECIPE, batch=8)
+LIDAR_RECIPE = replace(RECIPE, batch=8, checkpoint_every=25)
 
 
 def _lidar_dit() -> RangeDiT:
