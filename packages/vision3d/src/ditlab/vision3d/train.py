@@ -298,7 +298,9 @@ WHAT = {
                   "PointDiT: DiT-3D on core's DiT (voxels 32^3, 3D patches 4^3 -> 512 tokens, 3D sin-cos positions, "
                   "window attention 4^3 tokens in all blocks but every 4th, trilinear devoxelisation, point-wise "
                   "head), class labels with classifier-free guidance.", SHAPE_DATA,
-                  "Five procedural classes only; 2048 points (more work, but the network never saw them)."),
+                  "Five procedural classes only. Trained on 2048 points a shape: other counts run, but were never seen "
+                  "in training. At this training budget the clouds are fuzzy (points scattered about the surface; "
+                  "see the benchmark)."),
     "shape-pointnet": ("the same-budget PointNet baseline for shapes",
                        "A PointNet-style point diffusion network (shared per-point MLPs, max-pooled global feature, "
                        "FiLM conditioning), parameters matched to shape-dit, trained next to it on the same batches "
