@@ -5,6 +5,7 @@ import pytest
 
 from ditlab.core.errors import InputError
 from ditlab.vision3d.data import open3d_module
+from ditlab.vision3d.io import to_range_image
 from ditlab.vision3d.scenes import (
     KINDS,
     SPLIT_SIZE,
@@ -66,6 +67,19 @@ def test_points_reproject_to_their_pixels(sensor):
     assert np.allclose(np.linalg.norm(s.points, axis=1), s.depth[rows, cols], atol=1e-3)
     assert np.array_equal(s.point_intensity, s.intensity[rows, cols])
     assert np.allclose(s.points[:, 2].min(), -sensor.height, atol=0.1)  # the ground
+
+
+@pytest.mark.parametrize("sensor", [SensorSpec(), SensorSpec(beams=16, width=512, fov_up=15.0, fov_down=-15.0,
+                                                              max_range=30.0)])
+def test_sensor_range_spec_is_the_image_its_scans_are(sensor):
+    spec = sensor.range_spec()
+    assert (spec.height, spec.width, spec.fov_up, spec.fov_down) == (sensor.beams, sensor.width, sensor.fov_up,
+                                                                      sensor.fov_down)
+    assert spec.max_depth == min(56.0, sensor.max_range)
+    s = scan(3, "urban", sensor)
+    keep = (s.depth >= spec.min_depth) & (s.depth <= spec.max_depth)
+    depth, _ = to_range_image(s.points, spec=spec)
+    assert np.mean(np.isclose(depth, np.where(keep, s.depth, 0), atol=1e-3)) > 0.99
 
 
 def test_ray_directions_follow_lidm():

@@ -13,6 +13,7 @@ from ditlab.core.errors import InputError
 from ditlab.core.training import Recipe
 from ditlab.vision3d import train
 from ditlab.vision3d.data import CLASSES
+from ditlab.vision3d.io import RangeSpec
 from ditlab.vision3d.models import PointNetDiffusion, RangeDiT, n_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,7 +130,7 @@ def _find_roll(x: torch.Tensor, pool: torch.Tensor) -> bool:
 
 
 def test_scan_batches_are_rolled_mirrored_scans_with_masks(scan_data):
-    assert scan_data.pool.shape == (2, 2, 64, 1024) and scan_data.spec == train.RangeSpec()
+    assert scan_data.pool.shape == (2, 2, 64, 1024) and scan_data.spec == RangeSpec()
     assert scan_data.pool.min() >= -1 and scan_data.pool.max() <= 1
     batch = scan_data(0, torch.Generator().manual_seed(0))
     assert batch["x0"].shape == (3, 2, 64, 1024) and batch["known_mask"].shape == (3, 1, 64, 1024)

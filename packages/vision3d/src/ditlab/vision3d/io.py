@@ -271,6 +271,13 @@ def _valid(depth: np.ndarray, spec: RangeSpec) -> np.ndarray:
     return (depth >= spec.min_depth) & (depth <= spec.max_depth)
 
 
+def azimuth_columns(points: np.ndarray, width: int) -> np.ndarray:
+    """(N,) int64: the range-image column of each (N, 3) point, u = floor(0.5 (yaw / pi + 1) W) with
+    yaw = -atan2(y, x), clipped into [0, W - 1] (the projection's convention, `to_range_image`)."""
+    yaw = -np.arctan2(points[:, 1], points[:, 0])
+    return np.clip(np.floor(0.5 * (yaw / np.pi + 1) * width), 0, width - 1).astype(np.int64)
+
+
 def to_range_image(points, intensity=None, spec: RangeSpec = RangeSpec()) -> tuple[np.ndarray, np.ndarray]:
     """Project (N, 3) points onto the (H, W) range image of `spec`: (depth, intensity), both float32, 0 where no
     point lands. Column u = floor(0.5 (yaw / pi + 1) W) with yaw = -atan2(y, x) (x forward lands mid-image), row
@@ -284,9 +291,8 @@ def to_range_image(points, intensity=None, spec: RangeSpec = RangeSpec()) -> tup
     r = np.linalg.norm(pts, axis=1)
     keep = _valid(r, spec)
     pts, r, values = pts[keep], r[keep], values[keep]
-    yaw = -np.arctan2(pts[:, 1], pts[:, 0])
     pitch = np.arcsin(np.clip(pts[:, 2] / r, -1, 1))
-    u = np.clip(np.floor(0.5 * (yaw / np.pi + 1) * spec.width), 0, spec.width - 1).astype(np.int64)
+    u = azimuth_columns(pts, spec.width)
     v = np.floor((1 - (pitch - math.radians(spec.fov_down)) / spec.fov) * spec.height)
     pixel = np.clip(v, 0, spec.height - 1).astype(np.int64) * spec.width + u
     order = np.lexsort((r, pixel))  # by pixel, nearest first

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from ditlab.vision3d.io import (
     THRESHOLD,
     PointCloud,
     RangeSpec,
+    azimuth_columns,
     exp_depth,
     from_range_image,
     log_depth,
@@ -294,9 +295,7 @@ class LidarGenerator:
         values, cloud = self._encode(cloud)
         cols = sector_columns(self.spec.width, *sector)
         mask = np.broadcast_to(~cols, values.shape[1:]).copy()
-        yaw = -np.arctan2(cloud.points[:, 1], cloud.points[:, 0])
-        u = np.clip(np.floor(0.5 * (yaw / np.pi + 1) * self.spec.width).astype(int), 0, self.spec.width - 1)
-        source = cloud.select(~cols[u])
+        source = cloud.select(~cols[azimuth_columns(cloud.points, self.spec.width)])
         return self._scans(self._run(values[None], mask[None], seed, progress), mask[None], [source])[0]
 
     def densify(self, cloud: PointCloud | np.ndarray, keep_every: int = 4, seed: int = 0,
@@ -308,7 +307,7 @@ class LidarGenerator:
         if keep_every < 2 or h % keep_every:
             raise InputError(f"keep_every must be >= 2 and divide the network's {h} beams, got {keep_every}")
         s = self.spec
-        sparse = RangeSpec(h // keep_every, w, s.fov_up, s.fov_down, s.min_depth, s.max_depth)
+        sparse = replace(s, height=h // keep_every)
         small, cloud = self._encode(cloud, sparse)
         values = np.full((2, h, w), -1.0, np.float32)
         values[:, ::keep_every] = small

@@ -33,6 +33,7 @@ import numpy as np
 from ditlab.core import splits
 from ditlab.core.errors import InputError
 from ditlab.vision3d.data import open3d_module
+from ditlab.vision3d.io import RangeSpec
 
 STYLES = ("urban", "suburban")
 KINDS = ("road", "sidewalk", "terrain", "building", "car", "vegetation", "pole")
@@ -69,6 +70,11 @@ class SensorSpec:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and 0.0 < v <= hi):
                 raise InputError(f"sensor {name} must be a number in (0, {hi}] metres, got {v!r}")
+
+    def range_spec(self, min_depth: float = 1.0, max_depth: float = 56.0) -> RangeSpec:
+        """The range image this sensor's scans are (`ditlab.vision3d.io.RangeSpec`): its beams, columns and field
+        of view, keeping depths in [min_depth, min(max_depth, max_range)] (LiDM's 1-56 m by default)."""
+        return RangeSpec(self.beams, self.width, self.fov_up, self.fov_down, min_depth, min(max_depth, self.max_range))
 
 
 @lru_cache(maxsize=16)

@@ -27,10 +27,10 @@ from ditlab.core.errors import InputError
 from ditlab.core.training import Recipe, Trainer, export_resume, import_resume, resume_path
 from ditlab.core.training.trainer import CHECKPOINT_NAME
 from ditlab.vision3d.data import CLASSES, cached_dataset
-from ditlab.vision3d.io import RangeSpec, from_range_image
+from ditlab.vision3d.io import from_range_image
 from ditlab.vision3d.models import PointDiT, PointNetDiffusion, RangeDiT, matched_pointnet, n_params
 from ditlab.vision3d.pipeline import decode_scan, encode_scan
-from ditlab.vision3d.scenes import cached_scans
+from ditlab.vision3d.scenes import SensorSpec, cached_scans
 
 TRAIN_SHAPES = 600
 """Training shapes per class (train seeds 0 .. 599)."""
@@ -141,7 +141,7 @@ class ScanData:
 
     def __init__(self, batch: int, count: int = TRAIN_SCANS, points: int = 0) -> None:
         self.batch, self.points = batch, points
-        self.spec = RangeSpec()
+        self.spec = SensorSpec().range_spec()
         depth, inten = cached_scans("train", count)
         self.pool = torch.from_numpy(np.stack([encode_scan(d, i, self.spec) for d, i in zip(depth, inten,
                                                                                               strict=True)]))
