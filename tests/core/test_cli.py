@@ -59,3 +59,28 @@ def test_a_bug_is_an_internal_error_with_exit_1(tmp_path):
                        timeout=120)
     assert r.returncode == 1 and "internal error: KeyError" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_run_training_trains_then_exports_then_packages_in_order(tmp_path, capsys):
+    import json
+
+    import torch
+
+    from ditlab.core.cli import run_training
+
+    calls, threads = [], torch.get_num_threads()
+    try:
+        report = run_training(lambda out, steps, **kw: calls.append(("train", out, steps, kw)) or {"steps": steps},
+                              7, tmp_path / "run", threads=1, export=lambda out: calls.append(("export", out)) or "f",
+                              package=lambda out: calls.append(("package", out)) or {"dir": "w"}, resume_file=None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert report == {"steps": 7}
+    assert [c[0] for c in calls] == ["train", "export", "package"]
+    assert calls[0][1:] == (tmp_path / "run", 7, {"resume_file": None})
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0]) == {"steps": 7} and lines[1] == "exported f" and json.loads(lines[2]) == {"dir": "w"}
+    calls.clear()
+    run_training(lambda out, steps: calls.append("train") or {}, 1, tmp_path, threads=0)
+    assert calls == ["train"]

@@ -2,9 +2,10 @@
 `ditlab.commands` (name -> a `typer.Typer`); `core` is one of them.
 
 The kit every vertical's CLI uses: the shared options (`JSON_OPT`, `THREADS_OPT`, `SEED_OPT`, `CACHE_OPT`,
-`WEIGHTS_OPT`, `DEVICE_OPT`), `setup_run` (threads and device from them) and `cache_policy` (a named, tuned
-policy of `ditlab.core.accel`). Errors: an `InputError` (or a missing file) prints one line and exits 2; any
-other exception is a bug and exits 1 as an internal error, with its traceback under `ditlab --debug`.
+`WEIGHTS_OPT`, `DEVICE_OPT`), `setup_run` (threads and device from them), `cache_policy` (a named, tuned policy of
+`ditlab.core.accel`) and `run_training` (the body of a vertical's resumable `train` command). Errors: an
+`InputError` (or a missing file) prints one line and exits 2; any other exception is a bug and exits 1 as an
+internal error, with its traceback under `ditlab --debug`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,25 @@ def cache_policy(name: str):
     from ditlab.core.accel import policy
 
     return None if name == "none" else policy(name)
+def run_training(train, steps: int, out: Path, threads: int = 1, export=None, package=None, **kwargs) -> dict:
+    """The body of every vertical's `train` command: set `threads`, run `train(out, steps, **kwargs)` (a
+    resumable recipe; its report dict is echoed as JSON), then, when given, `export(out)` (the path of the packed
+    resume file) and `package(out)` (a dict: where the packaged network went and what validation chose)."""
+    import json
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    report = train(Path(out), steps, **kwargs)
+    typer.echo(json.dumps(report))
+    if export is not None:
+        typer.echo(f"exported {export(Path(out))}")
+    if package is not None:
+        typer.echo(json.dumps(package(Path(out))))
+    return report
+
+
 core_app = typer.Typer(name="core", help="The DiT engine: demo model, sampling, benchmarks.",
                        no_args_is_help=True, add_completion=False)
 

@@ -9,7 +9,6 @@ on (exit 1 if any failed). Options shared with every vertical come from `ditlab.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -22,6 +21,7 @@ from ditlab.core.cli import (
     THREADS_OPT,
     WEIGHTS_OPT,
     check_precision_option,
+    run_training,
     setup_run,
 )
 from ditlab.core.errors import UsageError
@@ -257,16 +257,10 @@ def train(
     package: bool = typer.Option(False, help="Afterwards write the EMA weights as the packaged network."),
 ) -> None:
     """Train a network with the shipped recipe (resumable; see ditlab.imaging.train)."""
-    import torch
-
     from ditlab.imaging import train as recipe
 
     recipe.spec(name)
-    torch.set_num_threads(threads)
-    out = out or Path.home() / ".cache/ditlab" / name
-    report = recipe.train(name, out, steps, resume_file=resume_file)
-    typer.echo(json.dumps(report))
-    if export:
-        typer.echo(f"exported {recipe.export_run(name, out)}")
-    if package:
-        typer.echo(json.dumps(recipe.package_run(name, out)))
+    run_training(lambda o, n, **kw: recipe.train(name, o, n, **kw), steps, out or Path.home() / ".cache/ditlab" / name,
+                 threads, export=(lambda o: recipe.export_run(name, o)) if export else None,
+                 package=(lambda o: recipe.package_run(name, o)) if package else None,
+                 resume_file=resume_file)

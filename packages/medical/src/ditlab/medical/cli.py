@@ -9,7 +9,6 @@ so a failed run leaves no file behind. Options shared with every vertical (--jso
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -24,6 +23,7 @@ from ditlab.core.cli import (
     WEIGHTS_OPT,
     cache_policy,
     check_precision_option,
+    run_training,
     setup_run,
 )
 from ditlab.core.errors import UsageError
@@ -340,14 +340,7 @@ def train(
     package: bool = typer.Option(False, help="Afterwards write the EMA weights as the packaged ct-prior."),
 ) -> None:
     """Train the CT slice prior with the shipped recipe (resumable; see ditlab.medical.train)."""
-    import torch
-
     from ditlab.medical import train as recipe
 
-    torch.set_num_threads(threads)
-    report = recipe.train_prior(out, steps, resume_file=resume_file)
-    typer.echo(json.dumps(report))
-    if export:
-        typer.echo(f"exported {recipe.export_prior_resume(out)}")
-    if package:
-        typer.echo(json.dumps(recipe.package_prior(out)))
+    run_training(recipe.train_prior, steps, out, threads, export=recipe.export_prior_resume if export else None,
+                 package=recipe.package_prior if package else None, resume_file=resume_file)

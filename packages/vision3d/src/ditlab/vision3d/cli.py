@@ -11,7 +11,6 @@ failed). Options shared with every vertical come from `ditlab.core.cli`.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ditlab.core.cli import (
     THREADS_OPT,
     WEIGHTS_OPT,
     check_precision_option,
+    run_training,
     setup_run,
 )
 from ditlab.core.errors import UsageError
@@ -397,16 +397,10 @@ def train(
     package: bool = typer.Option(False, help="Afterwards write the EMA weights as the packaged network."),
 ) -> None:
     """Train a network with the shipped recipe (resumable; see ditlab.vision3d.train)."""
-    import torch
-
     from ditlab.vision3d import train as recipe
 
     recipe.spec(name)
-    torch.set_num_threads(threads)
-    out = out or Path.home() / ".cache/ditlab" / name
-    report = recipe.train(name, out, steps, resume_file=resume_file, seconds=seconds)
-    typer.echo(json.dumps(report))
-    if export:
-        typer.echo(f"exported {recipe.export_run(name, out)}")
-    if package:
-        typer.echo(json.dumps(recipe.package_run(name, out)))
+    run_training(lambda o, n, **kw: recipe.train(name, o, n, **kw), steps, out or Path.home() / ".cache/ditlab" / name,
+                 threads, export=(lambda o: recipe.export_run(name, o)) if export else None,
+                 package=(lambda o: recipe.package_run(name, o)) if package else None,
+                 resume_file=resume_file, seconds=seconds)
