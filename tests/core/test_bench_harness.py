@@ -162,3 +162,30 @@ def test_psnr_names_bad_input():
         psnr(np.zeros(2), np.zeros(3), 1.0)
     with pytest.raises(InputError, match="positive data_range, got 0"):
         psnr(np.zeros(2), np.zeros(2), 0)
+
+
+def test_select_parts_defaults_to_all_and_refuses_unknown_names():
+    from ditlab.core.bench import select_parts
+    from ditlab.core.errors import UsageError
+
+    parts = ("shapes", "lidar", "speed")
+    assert select_parts(None, parts) == parts
+    assert select_parts(" speed,shapes ", parts) == ("speed", "shapes")
+    for bad in ("speed,colour", "", ","):
+        with pytest.raises(UsageError, match="--only must be one or more of"):
+            select_parts(bad, parts)
+
+
+def test_recorder_keeps_results_adds_only_its_metrics_and_echoes_a_line():
+    from ditlab.core.bench import Recorder, Report
+
+    lines = []
+    report = Report("t", machine={}, date="d", command="c")
+    record = Recorder(report, ("psnr", "seconds"), lines.append)
+    record("task", "ours", {"psnr": 30.123456, "nfe": 8, "flag": True, "note": "x"})
+    assert record.results == {("task", "ours"): {"psnr": 30.123456, "nfe": 8, "flag": True, "note": "x"}}
+    assert [(r["metric"], r["value"]) for r in report.rows] == [("psnr", pytest.approx(30.123456, rel=1e-3))]
+    assert lines == ["task / ours: psnr 30.12, nfe 8"]
+    custom = Recorder(report, (), lines.append, line=lambda t, m, v: f"{t}|{m}|{v['psnr']:.1f}")
+    custom("a", "b", {"psnr": 1.0})
+    assert lines[-1] == "a|b|1.0" and len(report.rows) == 1

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ditlab.core.bench import Report, run_in_child
-from ditlab.core.errors import UsageError
+from ditlab.core.bench import Recorder, Report, run_in_child, select_parts
 from ditlab.imaging import baselines
 from ditlab.imaging.data import eval_images, ood_images, photo
 from ditlab.imaging.degrade import TASKS, degrade
@@ -211,21 +210,12 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
                   echo: Callable[[str], object] = print, only: str | None = None, nets: dict | None = None) -> dict:
     """Run every part (or `only` some of `PARTS`, comma-separated), print a line per result, then the tables and
     goals; write the JSON when asked; return it. `nets` replaces the packaged networks by weights folders (tests)."""
-    parts = PARTS if only is None else tuple(p.strip() for p in only.split(","))
-    if not parts or any(p not in PARTS for p in parts):
-        raise UsageError(f"--only must be one or more of {PARTS} (comma-separated), got {only!r}")
+    parts = select_parts(only, PARTS)
     if threads:
         torch.set_num_threads(threads)
     nets = {**NETS, **(nets or {})}
     report = Report("Imaging benchmark: x4 super-resolution and x1 restoration on held-out images")
-    results: dict[tuple[str, str], dict] = {}
-
-    def record(task: str, method: str, m: dict) -> None:
-        results[(task, method)] = m
-        for metric in METRICS:
-            if metric in m:
-                report.row(task, method, metric, m[metric])
-        echo(f"{task} / {method}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float)))
+    record = Recorder(report, METRICS, echo)
 
     sets = image_sets(quick) if any(p in parts for p in ("sr-bicubic", "sr-real", "restore")) else {}
     for part in ("sr-bicubic", "sr-real"):
@@ -274,7 +264,7 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
             baselines.upscale(big, 4, "bicubic")
             record(task, "bicubic (PIL)", {"seconds": time.perf_counter() - t0})
     ours = {kind: default_row(nets["sr"], DEGRADATIONS[mode]) for kind, mode in SR_TASK.values()}
-    add_goals(report, results, quick, ours)
+    add_goals(report, record.results, quick, ours)
     report.notes.append("The goals are taken on the default path of the x4 network: " + ", ".join(
         f"{k}: {v}" for k, v in ours.items()) + " (the number of steps chosen on validation images, in the network's "
         "config).")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ditlab.core.accel import policy
-from ditlab.core.bench import Report, run_in_child
+from ditlab.core.bench import Recorder, Report, run_in_child
 from ditlab.medical import Acquisition, defaults, evaluate, reconstruct_volume, simulate_volume
 from ditlab.medical.data import make_ood_volume, make_phantom
 from ditlab.medical.families import FAMILIES, family_affine, make_volume, split_seeds
@@ -310,18 +310,12 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
     shape = (64, 64, 32) if quick else (128, 128, 64)
     truth = make_phantom(shape, seed=0)
     report = Report("Medical reconstruction benchmark: CT and MRI on held-out phantoms")
-    results: dict[tuple[str, str], dict] = {}
-
-    def record(label: str, method: str, m: dict) -> None:
-        results[(label, method)] = m
-        for metric in METRICS:
-            if metric in m:
-                report.row(label, method, metric, m[metric])
-        echo(f"{label} / {method}: PSNR {m['psnr']:.2f} dB, {m['seconds']:.1f} s, NFE {m['nfe']:g}")
+    record = Recorder(report, METRICS, echo, line=lambda label, method, m: (
+        f"{label} / {method}: PSNR {m['psnr']:.2f} dB, {m['seconds']:.1f} s, NFE {m['nfe']:g}"))
 
     if only == "precision":
         precision_runs(truth, Acquisition("sparse-view", 8), record)
-        precision_goals(report, results)
+        precision_goals(report, record.results)
         report.notes.append(_precision_note(shape))
         return report.publish(json_path, echo)
 
@@ -347,10 +341,10 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
     precision_runs(truth, acq8, record)
     lambdas = ood_runs(quick, record)
     ood_ct = f"OOD {FINETUNE_FAMILY}, CT 8 views"
-    finetune_label = finetune_runs(quick, record, {m: results[(ood_ct, m)] for m in ("tv", "dds")})
+    finetune_label = finetune_runs(quick, record, {m: record.results[(ood_ct, m)] for m in ("tv", "dds")})
 
-    add_goals(report, results, ood_label, quick, finetune_label)
-    precision_goals(report, results)
+    add_goals(report, record.results, ood_label, quick, finetune_label)
+    precision_goals(report, record.results)
     report.notes.append(_precision_note(shape))
     report.notes.append("OOD families: 64x64x16, test seeds " + ("0" if quick else "0 and 1 (means)") + "; TV lambdas "
                         "tuned per family on validation seed 100: " + ", ".join(f"{k}: {v:g}" for k, v in

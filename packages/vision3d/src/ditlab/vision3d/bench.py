@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ditlab.core.bench import Report
-from ditlab.core.errors import UsageError
+from ditlab.core.bench import Recorder, Report, select_parts
 from ditlab.vision3d.baselines import fill_rows, nn_fill_columns
 from ditlab.vision3d.data import CLASSES, cached_dataset
 from ditlab.vision3d.io import from_range_image
@@ -198,21 +197,12 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
                   echo: Callable[[str], object] = print, only: str | None = None, nets: dict | None = None) -> dict:
     """Run every part (or `only` some of `PARTS`, comma-separated), print a line per result, then the tables and
     goals; write the JSON when asked; return it. `nets` replaces the packaged networks by weights folders (tests)."""
-    parts = PARTS if only is None else tuple(p.strip() for p in only.split(","))
-    if not parts or any(p not in PARTS for p in parts):
-        raise UsageError(f"--only must be one or more of {PARTS} (comma-separated), got {only!r}")
+    parts = select_parts(only, PARTS)
     if threads:
         torch.set_num_threads(threads)
     nets = {**WEIGHTS, **(nets or {})}
     report = Report("Vision3D benchmark: shape and LiDAR generation on held-out data")
-    results: dict[tuple[str, str], dict] = {}
-
-    def record(task: str, method: str, m: dict) -> None:
-        results[(task, method)] = m
-        for metric in METRICS:
-            if metric in m:
-                report.row(task, method, metric, m[metric])
-        echo(f"{task} / {method}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+    record = Recorder(report, METRICS, echo)
 
     if "shapes" in parts:
         shape_part(nets, 16 if quick else 100, record, n_boot=200 if quick else 1000)
@@ -220,6 +210,6 @@ def run_benchmark(quick: bool = False, json_path: str | Path | None = None, thre
         lidar_part(nets, quick, record)
     if "speed" in parts:
         speed_part(nets, record)
-    add_goals(report, results)
+    add_goals(report, record.results)
     report.notes.append(__doc__.split("\n\n")[1].replace("\n", " "))
     return report.publish(json_path, echo)

@@ -8,18 +8,20 @@ from pathlib import Path
 from ditlab.core.bench.harness import (
     ChildRun,
     PeakMemory,
+    Recorder,
     Report,
     command,
     exact_rss_accounting,
     machine,
     machine_line,
     run_in_child,
+    select_parts,
     time_interleaved,
     utc_now,
 )
 
-__all__ = ["ChildRun", "PeakMemory", "Report", "command", "exact_rss_accounting", "machine", "machine_line", "main",
-           "run_in_child", "time_interleaved", "utc_now"]
+__all__ = ["ChildRun", "PeakMemory", "Recorder", "Report", "command", "exact_rss_accounting", "machine", "machine_line",
+           "main", "run_in_child", "select_parts", "time_interleaved", "utc_now"]
 
 
 def main(quick: bool, json_path: Path | None) -> None:

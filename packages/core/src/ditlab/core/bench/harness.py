@@ -202,6 +202,39 @@ class Report:
         return "\n".join(lines).rstrip("\n")
 
 
+def select_parts(only: str | None, parts: Sequence[str]) -> tuple[str, ...]:
+    """--only of a vertical's benchmark: `parts` when None, else the comma-separated names, each one of `parts`
+    (a `UsageError` naming them otherwise)."""
+    from ditlab.core.errors import UsageError
+
+    chosen = tuple(parts) if only is None else tuple(p.strip() for p in only.split(","))
+    if not chosen or any(p not in parts for p in chosen):
+        raise UsageError(f"--only must be one or more of {tuple(parts)} (comma-separated), got {only!r}")
+    return chosen
+
+
+class Recorder:
+    """`record(task, method, m)`: keep the measurement dict `m` in `results[(task, method)]` (what the goals are
+    judged on), add its `metrics` as report rows, and echo one line (`line(task, method, m)`, default: every
+    number of `m` at 4 significant figures)."""
+
+    def __init__(self, report: Report, metrics: Sequence[str], echo: Callable[[str], object] = print,
+                 line: Callable[[str, str, dict], str] | None = None) -> None:
+        self.report, self.metrics, self.echo, self.line = report, tuple(metrics), echo, line
+        self.results: dict[tuple[str, str], dict] = {}
+
+    def __call__(self, task: str, method: str, m: dict) -> None:
+        self.results[(task, method)] = m
+        for metric in self.metrics:
+            if metric in m:
+                self.report.row(task, method, metric, m[metric])
+        if self.line is not None:
+            self.echo(self.line(task, method, m))
+        else:
+            self.echo(f"{task} / {method}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()
+                                                         if isinstance(v, int | float) and not isinstance(v, bool)))
+
+
 def _sync(device: torch.device | str | None) -> None:
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
