@@ -286,3 +286,21 @@ def test_training_dir_is_found_from_the_working_directory_or_the_environment(tmp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match=f"no training/ folder .* set \\${TRAINING_DIR_ENV}"):
         training_dir()
+
+
+def test_resume_run_goes_on_from_the_checkout_file_or_a_given_one(tmp_path, monkeypatch):
+    from ditlab.core.training import export_run, resume_run
+
+    monkeypatch.setenv(TRAINING_DIR_ENV, str(tmp_path / "training"))
+    (tmp_path / "training").mkdir()
+    assert resume_run("mlp", tmp_path / "fresh") is None  # no resume file in the checkout: a fresh run
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(FileNotFoundError, match="resume file not found"):
+        resume_run("mlp", tmp_path / "fresh", tmp_path / "nowhere.resume.safetensors")
+    Trainer(tiny_mlp(), mse, synthetic, config(steps=3, output_dir=str(tmp_path / "run"))).train()
+    file = export_run("mlp", tmp_path / "run")
+    assert file == tmp_path / "training" / "mlp.resume.safetensors" and file.is_file()
+    assert resume_run("mlp", tmp_path / "next") == tmp_path / "next" / "checkpoint"
+    assert json.loads((tmp_path / "next" / "checkpoint" / "state.json").read_text())["step"] == 3
+    other = export_run("mlp", tmp_path / "run", tmp_path / "other.resume.safetensors")
+    assert resume_run("mlp", tmp_path / "third", other) == tmp_path / "third" / "checkpoint"

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ditlab.core.errors import InputError
-from ditlab.core.training import Recipe, Trainer, export_resume, import_resume, load_checkpoint, resume_path
+from ditlab.core.training import Recipe, Trainer, load_checkpoint, resume_run
 from ditlab.core.training.trainer import CHECKPOINT_NAME
 from ditlab.core.weights import package
 from ditlab.imaging.data import eval_images, training_batch
@@ -94,20 +94,13 @@ def train(name: str, out_dir: str | Path, steps: int, resume_file: str | Path | 
     """Train (or resume) network `name` in `out_dir` up to `steps` optimizer steps in total."""
     s = spec(name)
     recipe = replace(s.recipe, **changes)
-    file = Path(resume_file) if resume_file is not None else resume_path(name)
-    if resume_file is not None or file.is_file():
-        import_resume(file, Path(out_dir) / CHECKPOINT_NAME)
+    resume_run(name, out_dir, resume_file)
     torch.manual_seed(recipe.seed)
     model = build(name)
     loss = edsr_loss if s.cls is EDSR else sr_loss
     config = recipe.train_config(out_dir, steps=steps, progress=progress)
     report = Trainer(model, loss, SRData(s, recipe.batch), config).train()
     return {**report, "params": n_params(model)}
-
-
-def export_run(name: str, out_dir: str | Path, file: str | Path | None = None) -> Path:
-    """Pack `out_dir/checkpoint` into `file` (default: this checkout's `training/<name>.resume.safetensors`)."""
-    return export_resume(Path(out_dir) / CHECKPOINT_NAME, file or resume_path(name))
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ditlab.core.diffusion import diffusion_loss
-from ditlab.core.training import Recipe, Trainer, export_resume, import_resume, load_checkpoint, resume_path
+from ditlab.core.training import Recipe, Trainer, export_run, load_checkpoint, resume_run
 from ditlab.core.training.trainer import CHECKPOINT_NAME
 from ditlab.core.weights import package
 from ditlab.medical.data import make_phantom
@@ -114,9 +114,7 @@ def train_prior(out_dir: str | Path, steps: int, resume_file: str | Path | None 
     checkout's `training/ct-prior.resume.safetensors`, when there is one). `changes` replace fields of RECIPE.
     """
     recipe = replace(RECIPE, **changes)
-    file = Path(resume_file) if resume_file is not None else resume_path(PRIOR_NAME)
-    if resume_file is not None or file.is_file():
-        import_resume(file, Path(out_dir) / CHECKPOINT_NAME)
+    resume_run(PRIOR_NAME, out_dir, resume_file)
     torch.manual_seed(recipe.seed)
     model = prior_model()
     config = recipe.train_config(out_dir, steps=steps, progress=progress)
@@ -126,7 +124,7 @@ def train_prior(out_dir: str | Path, steps: int, resume_file: str | Path | None 
 
 def export_prior_resume(out_dir: str | Path, file: str | Path | None = None) -> Path:
     """Pack `out_dir/checkpoint` into `file` (default: this checkout's `training/ct-prior.resume.safetensors`)."""
-    return export_resume(Path(out_dir) / CHECKPOINT_NAME, file or resume_path(PRIOR_NAME))
+    return export_run(PRIOR_NAME, out_dir, file)
 
 
 @torch.no_grad()

@@ -397,10 +397,11 @@ def train(
     package: bool = typer.Option(False, help="Afterwards write the EMA weights as the packaged network."),
 ) -> None:
     """Train a network with the shipped recipe (resumable; see ditlab.vision3d.train)."""
+    from ditlab.core.training import export_run
     from ditlab.vision3d import train as recipe
 
     recipe.spec(name)
     run_training(lambda o, n, **kw: recipe.train(name, o, n, **kw), steps, out or Path.home() / ".cache/ditlab" / name,
-                 threads, export=(lambda o: recipe.export_run(name, o)) if export else None,
+                 threads, export=(lambda o: export_run(name, o)) if export else None,
                  package=(lambda o: recipe.package_run(name, o)) if package else None,
                  resume_file=resume_file, seconds=seconds)

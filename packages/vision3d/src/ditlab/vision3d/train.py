@@ -24,7 +24,7 @@ import torch
 from ditlab.core.diffusion import FlowMatching
 from ditlab.core.diffusion.losses import diffusion_loss, masked_mean
 from ditlab.core.errors import InputError
-from ditlab.core.training import Recipe, Trainer, export_resume, import_resume, resume_path
+from ditlab.core.training import Recipe, Trainer, resume_run
 from ditlab.core.training.trainer import CHECKPOINT_NAME
 from ditlab.vision3d.data import CLASSES, cached_dataset
 from ditlab.vision3d.io import from_range_image
@@ -185,9 +185,7 @@ def train(name: str, out_dir: str | Path, steps: int, resume_file: str | Path | 
     of training (counted over resumed sessions) have passed."""
     s = spec(name)
     recipe = replace(s.recipe, **changes)
-    file = Path(resume_file) if resume_file is not None else resume_path(name)
-    if resume_file is not None or file.is_file():
-        import_resume(file, Path(out_dir) / CHECKPOINT_NAME)
+    resume_run(name, out_dir, resume_file)
     torch.manual_seed(recipe.seed)
     model = build(name)
     if s.kind == "shape":
@@ -202,11 +200,6 @@ def train(name: str, out_dir: str | Path, steps: int, resume_file: str | Path | 
         trainer.on_step = lambda step, value: trainer.elapsed_s >= seconds
     report = trainer.train()
     return {**report, "params": n_params(model)}
-
-
-def export_run(name: str, out_dir: str | Path, file: str | Path | None = None) -> Path:
-    """Pack `out_dir/checkpoint` into `file` (default: this checkout's `training/<name>.resume.safetensors`)."""
-    return export_resume(Path(out_dir) / CHECKPOINT_NAME, file or resume_path(name))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .peft import (
     trainable_parameters,
 )
 from .recipe import Recipe
-from .resume import export_resume, import_resume, resume_path, training_dir
+from .resume import export_resume, export_run, import_resume, resume_path, resume_run, training_dir
 from .trainer import TrainConfig, Trainer, load_checkpoint
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "apply_peft",
     "check_adapter",
     "export_resume",
+    "export_run",
     "import_resume",
     "load_adapter",
     "load_checkpoint",
@@ -38,6 +39,7 @@ __all__ = [
     "parameter_counts",
     "read_adapter_meta",
     "resume_path",
+    "resume_run",
     "save_adapter",
     "trainable_parameters",
     "training_dir",

@@ -22,7 +22,7 @@ from ditlab.core.errors import FileFormatError, InputError, UsageError
 from ditlab.core.files import atomic_write
 from ditlab.core.weights import check_name
 
-from .trainer import find_checkpoint, replace_folder
+from .trainer import CHECKPOINT_NAME, find_checkpoint, replace_folder
 
 TRAINING_DIR_ENV = "DITLAB_TRAINING_DIR"
 RESUME_SUFFIX = ".resume.safetensors"
@@ -93,6 +93,21 @@ def import_resume(file: str | Path, checkpoint_dir: str | Path) -> Path | None:
         (folder / "state.json").write_text(json.dumps({**state, "checkpoint_dtype": "float32"}, indent=2) + "\n")
 
     return replace_folder(checkpoint_dir, unpack)
+
+
+def resume_run(model: str, out_dir: str | Path, resume_file: str | Path | None = None) -> Path | None:
+    """The start of every recipe's `train`: go on from `resume_file` when given (it must exist), else from this
+    checkout's `training/<model>.resume.safetensors` when there is one, by unpacking it into `out_dir/checkpoint`
+    (`import_resume`: a local checkpoint as far along is kept). Returns the checkpoint written, or None."""
+    file = Path(resume_file) if resume_file is not None else resume_path(model)
+    if resume_file is None and not file.is_file():
+        return None
+    return import_resume(file, Path(out_dir) / CHECKPOINT_NAME)
+
+
+def export_run(model: str, out_dir: str | Path, file: str | Path | None = None) -> Path:
+    """Pack `out_dir/checkpoint` into `file` (default: this checkout's `training/<model>.resume.safetensors`)."""
+    return export_resume(Path(out_dir) / CHECKPOINT_NAME, file or resume_path(model))
 
 
 def _parts(state: dict) -> tuple[str, ...]:
