@@ -188,6 +188,16 @@ def add_goals(report: Report, results: dict) -> None:
             # better = strictly lower; with 2 x 100 clouds 1-NNA moves in steps of 0.5 points, so a tie is 0
             report.goal(f"{name}, {label}: 1-NNA-CD PointNet - PointDiT (points of %; better: > 0)", 0.5,
                         base["1-NNA-CD"] - dit["1-NNA-CD"])
+    gen = next((t for t, _ in results if t.startswith("LiDAR generation") and t.endswith("points a scan")), None)
+    if gen is not None:
+        for metric in ("BEV-JSD", "BEV-MMD"):
+            # lower is better for both; a ratio of continuous measurements does not tie at 1
+            report.goal(f"LiDAR generation: {metric} RangeDiT / PointNet (better: < 1)", 1.0,
+                        results[(gen, RANGE_DIT)][metric] / results[(gen, POINTNET)][metric], "lower")
+    for task in [t for t, m in results if t.startswith("LiDAR completion") and m == RANGE_DIT]:
+        where = "out of distribution" if task.endswith("(out of distribution)") else "in distribution"
+        report.goal(f"LiDAR completion ({where}): CD RangeDiT / nearest-neighbour filling (better: < 1)", 1.0,
+                    results[(task, RANGE_DIT)]["CD"] / results[(task, "nearest-neighbour filling")]["CD"], "lower")
     speed = [m for (t, k), m in results.items() if t.startswith("speed") and k.startswith(DIT)]
     if speed:
         report.goal("100 shapes of 2048 points (s)", 30.0, speed[0]["seconds"], "lower")
