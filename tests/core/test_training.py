@@ -155,6 +155,16 @@ def test_bf16_autocast_on_cpu():
     assert result["step"] == 3 and torch.isfinite(torch.tensor(result["loss"]))
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    from ditlab.core.training import trainer
+
+    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(trainer, "bf16_supported", lambda device: (native, "patched"))
+    t = Trainer(tiny_mlp(), mse, synthetic, config(steps=1, mixed_precision="auto"))
+    assert t.accelerator.mixed_precision == ("bf16" if native else "no")
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [

@@ -203,6 +203,44 @@ def test_range_dit_reads_the_known_pixels_only_where_the_mask_says_so(tiny_visio
     assert torch.allclose(cond_other, cond, atol=1e-6)
 
 
+def test_a_new_pixel_head_leaves_a_trained_range_dit_unchanged(tiny_vision3d, tiny_builders):
+    trained = load_model(tiny_vision3d["lidar"])
+    headed = tiny_builders["lidar"](pixel_head=8).eval()
+    missing, unexpected = headed.load_state_dict(trained.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("head.") for k in missing)
+    x, known = images(), images(seed=1)
+    mask = torch.zeros(2, 1, 16, 64)
+    mask[:, :, ::4] = 1
+    with torch.no_grad():
+        assert torch.allclose(headed(x, 300.0, known, mask), trained(x, 300.0, known, mask), atol=1e-6)
+        _waken_head(headed)
+        assert not torch.allclose(headed(x, 300.0, known, mask), trained(x, 300.0, known, mask), atol=1e-4)
+
+
+def _waken_head(model):
+    with torch.no_grad():
+        for p in model.head.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+
+
+def test_the_pixel_head_wraps_around_in_azimuth_and_reads_a_few_pixels_around(tiny_builders):
+    torch.manual_seed(0)
+    head = tiny_builders["lidar"](pixel_head=8).eval()
+    _waken_head(head)
+    inputs, t = torch.randn(1, 7, 16, 64), torch.tensor([300.0])
+    with torch.no_grad():
+        out = head.head(inputs, t)
+        rolled = head.head(inputs.roll(5, dims=-1), t)
+        assert torch.allclose(rolled, out.roll(5, dims=-1), atol=1e-5)  # column 0's neighbour is column 63
+        poked = inputs.clone()
+        poked[0, :, 8, 0] += 1.0
+        diff = (head.head(poked, t) - out).abs()[0].amax(0)  # (16, 64)
+    near = torch.zeros(16, 64, dtype=torch.bool)
+    near[4:13, [*range(0, 5), *range(60, 64)]] = True  # 9 x 9 pixels around (8, 0), across the seam
+    assert diff[~near].max() == 0 and diff[8, 63] > 0 and diff[8, 1] > 0
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (((2, 2, 16, 32),), "expected range images"),
     (((2, 5, 16, 64),), "expected range images"),

@@ -261,7 +261,8 @@ def test_package_run_writes_the_ema_weights_with_the_chosen_settings(tiny_specs,
     assert (model.config.sample_steps, model.config.guidance_scale) == best
     assert packed["name"] == "tiny-shape" and packed["package"] == "ditlab.vision3d"
     assert packed["dtype"] == torch.float16 and not model.training
-    assert f"Chosen: {best[0]} steps, guidance {best[1]:g}" in packed["card"] and "3\nsteps" in packed["card"]
+    assert f"Chosen: {best[0]} steps, guidance {best[1]:g}" in packed["card"] and "3 steps" in packed["card"]
+    assert "Stage 1" not in packed["card"]
     assert result["step"] == 3 and set(result["validation"]) == {str(c) for c in train.SHAPE_CANDIDATES}
     from safetensors.torch import load_file
 
@@ -282,6 +283,37 @@ def test_package_run_of_a_baseline_keeps_its_defaults(tiny_specs, tmp_path, monk
     assert result["validation"] == {} and packed["model"].config.sample_steps == 32
     assert "none: a baseline, sampled with its default 32 steps" in packed["card"]
     assert "the same" in packed["card"] and "as its DiT" in packed["card"]
+
+
+def test_a_second_stage_starts_from_trained_weights_and_says_so_on_its_card(tiny_specs, tmp_path, monkeypatch):
+    from ditlab.core import weights
+    from ditlab.core.weights import save_model
+
+    first = tiny_lidar_dit()
+    with torch.no_grad():
+        for p in first.parameters():
+            p.add_(0.01)
+    save_model(first, tmp_path / "first", card="# first\n\n**Recipe.** stage one, 7 steps.\n\n**Limits.** none\n")
+    headed = lambda: RangeDiT(**{**dict(tiny_lidar_dit().config), "pixel_head": 4})  # noqa: E731
+    monkeypatch.setitem(train.SPECS, "tiny-lidar", train.Spec("tiny-lidar", headed, "lidar", TINY))
+    model = train.build("tiny-lidar")
+    record = train.warm_start(model, tmp_path / "first", tmp_path / "run")
+    assert record["new"] == ["head"] and record["recipe"] == "**Recipe.** stage one, 7 steps."
+    for k, v in first.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k  # copied tensors, not computed ones
+    with pytest.raises(InputError, match="does not fit"):
+        train.warm_start(PointNetDiffusion(width=32, num_classes=0), tmp_path / "first", tmp_path / "other")
+
+    train.train("tiny-lidar", tmp_path / "run2", steps=1, progress=False, init_from=tmp_path / "first")
+    packed = {}
+    monkeypatch.setattr(weights, "package", lambda model, name, package, card, dtype=None: packed.update(
+        card=card) or {"folder": "", "sha256": ""})
+    monkeypatch.setattr(train, "validate_lidar", lambda *a, **k: {"complete": 1.0, "densify": 1.0})
+    train.package_run("tiny-lidar", tmp_path / "run2")
+    card = " ".join(packed["card"].split())
+    assert "Stage 1: stage one, 7 steps. Stage 2, from those weights" in card
+    assert "new modules, zero-initialised: head" in card and "--init-from" in card
+    assert "the final weights are shipped, not the EMA, which after 1 steps of stage 2 still held 90%" in card
 
 
 def test_the_train_command_runs_a_spec(tiny_specs, tmp_path):

@@ -28,3 +28,26 @@ def test_shipped_shape_network_loads_and_generates(name):
     clouds = ShapeGenerator(name, steps=2, precision="fp32").generate("car", 2, points=256)
     assert clouds.shape == (2, 256, 3) and np.isfinite(clouds).all()
     assert np.ptp(clouds, axis=1).max() < 10  # canonical units (longest side ~1), not the network's scaled ones
+
+
+def test_shipped_lidar_networks_load_and_generate_complete_and_densify():
+    from ditlab.vision3d.io import from_range_image
+    from ditlab.vision3d.models import RangeDiT
+    from ditlab.vision3d.pipeline import LidarGenerator, sector_columns
+    from ditlab.vision3d.scenes import cached_scans
+
+    digests = recorded_digests("ditlab.vision3d")
+    for name, cls in (("lidar-dit", RangeDiT), ("lidar-pointnet", PointNetDiffusion)):
+        assert name in digests and isinstance(load_model(name), cls)
+        card = (packaged_root("ditlab.vision3d") / name / "README.md").read_text()
+        assert "**Validation.**" in card and "**Limits.**" in card
+    gen = LidarGenerator(steps=2)
+    (scan,) = gen.generate(1, seed=0)
+    assert scan.depth.shape == (64, 1024) and np.isfinite(scan.points.points).all() and len(scan.points.points) > 1000
+    depth, inten = cached_scans("val", 2)
+    truth = from_range_image(depth[0], inten[0], gen.spec)
+    done = gen.complete(truth, (45.0, 135.0), seed=0)
+    cols = sector_columns(1024, 45.0, 135.0)
+    assert done.known[:, ~cols].all() and not done.known[:, cols].any()
+    dense = gen.densify(truth.select(truth.ring % 4 == 0), seed=0)
+    assert dense.known[::4].all() and not dense.known[1::4].any()

@@ -395,13 +395,16 @@ def train(
                                      "training/<name>.resume.safetensors of this checkout, when there)."),
     export: bool = typer.Option(False, help="Afterwards pack weights + EMA (fp16) into the resume file."),
     package: bool = typer.Option(False, help="Afterwards write the EMA weights as the packaged network."),
+    init_from: str = typer.Option(None, help="Start a new run from these trained weights (a packaged name or a "
+                                  "folder) instead of from scratch."),
 ) -> None:
     """Train a network with the shipped recipe (resumable; see ditlab.vision3d.train)."""
     from ditlab.core.training import export_run
     from ditlab.vision3d import train as recipe
 
     recipe.spec(name)
-    run_training(lambda o, n, **kw: recipe.train(name, o, n, **kw), steps, out or Path.home() / ".cache/ditlab" / name,
+    run_training(lambda o, n, **kw: recipe.train(name, o, n, init_from=init_from, **kw), steps,
+                 out or Path.home() / ".cache/ditlab" / name,
                  threads, export=(lambda o: export_run(name, o)) if export else None,
                  package=(lambda o: recipe.package_run(name, o)) if package else None,
                  resume_file=resume_file, seconds=seconds)

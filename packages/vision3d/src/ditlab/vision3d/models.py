@@ -239,17 +239,48 @@ class _PeriodicDiT(DiT):
         return tokens + periodic_table(self.cfg.hidden_size, grid).to(tokens.device, tokens.dtype), grid, rope
 
 
+class PixelHead(nn.Module):
+    """A full-resolution correction of the transformer's velocity: convolutions over [its velocity, x_t, the known
+    values, the mask] (7 channels), the timestep as a scale and shift (FiLM) of the hidden features, circular in
+    azimuth, the output layer zero-initialised (a new head leaves the network's output unchanged). The transformer
+    sees 4 x 16-pixel tokens; this head sees every pixel and its neighbours (9 x 9 pixels), which is what copying
+    a known beam into the rows next to it, and fine detail, need."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.t_embedder = TimestepEmbedder(hidden)
+        self.film = nn.Linear(hidden, 2 * hidden)
+        self.conv1, self.conv2 = nn.Conv2d(7, hidden, 5), nn.Conv2d(hidden, hidden, 3)
+        self.out = nn.Conv2d(hidden, 2, 3)
+        for layer in (self.film, self.out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    @staticmethod
+    def _pad(x: torch.Tensor, k: int) -> torch.Tensor:
+        """Pad for a k x k convolution: around the azimuth circle along W, with zeros along the beams."""
+        return F.pad(F.pad(x, (k // 2, k // 2, 0, 0), mode="circular"), (0, 0, k // 2, k // 2))
+
+    def forward(self, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(F.silu(self.t_embedder(t))).chunk(2, dim=-1)  # (B, hidden) each
+        h = F.silu(self.conv1(self._pad(inputs, 5)))
+        h = self.conv2(self._pad(h, 3)) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        return self.out(self._pad(F.silu(h), 3))  # (B, 2, H, W)
+
+
 class RangeDiT(ModelMixin, ConfigMixin):
     """v = RangeDiT(x_t, t, known, known_mask): the velocity of a noisy range image x_t (B, 2, H, W) (channels:
     log-scaled depth and intensity, `ditlab.vision3d.io.log_depth`), given the known pixels' values `known`
-    (B, 2, H, W) and `known_mask` (B, 1, H, W) (1 = known; all zeros: unconditional). The config keeps the sensor
-    geometry it was trained on and the validated number of sampling steps."""
+    (B, 2, H, W) and `known_mask` (B, 1, H, W) (1 = known; all zeros: unconditional). `pixel_head` > 0 adds a
+    `PixelHead` of that many channels after the transformer (0: none, the first shipped network). The config keeps
+    the sensor geometry it was trained on and the validated number of sampling steps."""
 
     @register_to_config
     def __init__(self, beams: int = 64, width: int = 1024, patch_size: tuple[int, int] = (4, 16),
                  hidden_size: int = 144, depth: int = 6, num_heads: int = 4,
                  window_size: tuple[int, int] = (4, 16), fov_up: float = 3.0,
-                 fov_down: float = -25.0, min_depth: float = 1.0, max_depth: float = 56.0, sample_steps: int = 32):
+                 fov_down: float = -25.0, min_depth: float = 1.0, max_depth: float = 56.0, sample_steps: int = 32,
+                 pixel_head: int = 0):
         super().__init__()
         if beams % patch_size[0] or width % patch_size[1]:
             raise InputError(f"a {beams} x {width} range image is not divisible into patches {tuple(patch_size)}")
@@ -258,6 +289,7 @@ class RangeDiT(ModelMixin, ConfigMixin):
                              pos_embed="none", window_size=list(window_size))
         self.shape = (beams, width)
         self.dit = _PeriodicDiT(**asdict(self.cfg))
+        self.head = PixelHead(pixel_head) if pixel_head else None
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | float, known: torch.Tensor | None = None,
                 known_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -270,4 +302,9 @@ class RangeDiT(ModelMixin, ConfigMixin):
             raise InputError(f"known must be {tuple(x.shape)} and known_mask (B, 1, H, W), got "
                              f"{tuple(known.shape)} and {None if known_mask is None else tuple(known_mask.shape)}")
         m = known_mask.to(x.dtype)
-        return self.dit(torch.cat([x, known.to(x.dtype) * m, m], dim=1).to(self.dtype), timestep)
+        inputs = torch.cat([x, known.to(x.dtype) * m, m], dim=1).to(self.dtype)  # (B, 5, H, W)
+        v = self.dit(inputs, timestep)
+        if self.head is None:
+            return v
+        t = torch.as_tensor(timestep, device=x.device, dtype=torch.float32)
+        return v + self.head(torch.cat([v.to(inputs.dtype), inputs], dim=1), t.expand(b) if t.ndim == 0 else t)

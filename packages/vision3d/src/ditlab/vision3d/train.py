@@ -15,6 +15,7 @@ sessions a run travels as one half-precision file `training/<name>.resume.safete
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class Spec:
     recipe: Recipe = field(default_factory=lambda: RECIPE)
 
 
-RECIPE = Recipe(batch=16, lr=2e-4, warmup=200, ema_decay=0.999, grad_clip=1.0, precision="bf16",
+RECIPE = Recipe(batch=16, lr=2e-4, warmup=200, ema_decay=0.999, grad_clip=1.0, precision="auto",
                 checkpoint_every=100, log_every=25)
 SHAPE_CONFIG = {"num_classes": len(CLASSES), "classes": CLASSES, "data_scale": DATA_SCALE}
 
@@ -74,12 +75,17 @@ def _shape_pointnet() -> PointNetDiffusion:
 LIDAR_RECIPE = replace(RECIPE, batch=8, checkpoint_every=25)
 
 
+PIXEL_HEAD = 32
+"""Channels of RangeDiT's full-resolution head (`models.PixelHead`)."""
+
+
 def _lidar_dit() -> RangeDiT:
-    return RangeDiT()
+    return RangeDiT(pixel_head=PIXEL_HEAD)
 
 
 def _lidar_pointnet() -> PointNetDiffusion:
-    return matched_pointnet(n_params(_lidar_dit()), num_classes=0, data_scale=LIDAR_SCALE)
+    # matched to the transformer without its pixel head (the head is ~1% of the parameters and came later)
+    return matched_pointnet(n_params(RangeDiT()), num_classes=0, data_scale=LIDAR_SCALE)
 
 
 SPECS = {
@@ -179,15 +185,49 @@ def point_loss(model: torch.nn.Module, batch: dict, generator: torch.Generator) 
     return diffusion_loss(model, PATH, batch["x0"], generator=generator)
 
 
+WARM_START = "warm_start.json"
+EMA_START_SHARE = 0.05
+"""A second stage ships its EMA weights only once they hold at most this share of where the stage started."""
+PRECISION_NOTE = {"bf16": "bf16 autocast", "no": "fp32",
+                  "auto": "bf16 autocast where the CPU computes bf16 natively (avx512_bf16, AMX), else fp32"}
+
+
+def warm_start(model: torch.nn.Module, weights: str | Path, out_dir: str | Path) -> dict:
+    """Start `model` from trained weights (a packaged name or a folder): every tensor of those weights must fit
+    the model; the model's own new modules (such as a zero-initialised head added since) keep their initial
+    values. What it started from is recorded in `out_dir/warm_start.json` for the model card."""
+    from ditlab.core.weights import resolve, sha256_file, weights_file
+    from ditlab.vision3d.pipeline import load_model
+
+    source = load_model(weights)
+    own, theirs = model.state_dict(), source.state_dict()
+    unfit = [k for k in theirs if k not in own or own[k].shape != theirs[k].shape]
+    if unfit:
+        raise InputError(f"{weights} does not fit {type(model).__name__}: {unfit[:4]}")
+    model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in theirs.items()}})
+    folder, _ = resolve(weights, "ditlab.vision3d")
+    card = folder / "README.md"
+    paragraphs = card.read_text().split("\n\n") if card.is_file() else []
+    recipe = next((p.replace("\n", " ") for p in paragraphs if p.startswith("**Recipe.**")), "")
+    record = {"from": str(weights), "sha256": sha256_file(weights_file(folder)),
+              "new": sorted({k.split(".")[0] for k in own if k not in theirs}), "recipe": recipe}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / WARM_START).write_text(json.dumps(record, indent=1))
+    return record
+
+
 def train(name: str, out_dir: str | Path, steps: int, resume_file: str | Path | None = None, progress: bool = True,
-          seconds: float | None = None, **changes) -> dict:
+          seconds: float | None = None, init_from: str | Path | None = None, **changes) -> dict:
     """Train (or resume) network `name` in `out_dir` up to `steps` optimizer steps in total, or until `seconds`
-    of training (counted over resumed sessions) have passed."""
+    of training (counted over resumed sessions) have passed. `init_from`: start a new run from those trained
+    weights (`warm_start`) instead of from scratch."""
     s = spec(name)
     recipe = replace(s.recipe, **changes)
     resume_run(name, out_dir, resume_file)
     torch.manual_seed(recipe.seed)
     model = build(name)
+    if init_from is not None and not (Path(out_dir) / CHECKPOINT_NAME).exists():
+        warm_start(model, init_from, out_dir)
     if s.kind == "shape":
         data, loss = ShapeData(recipe.batch), shape_loss
     elif s.kind == "lidar":
@@ -266,9 +306,9 @@ MODEL_CARD = """# {name}: {what}
 **Data.** Generated here, seeded, no external data: {data} Validation and test seeds are never trained on; the
 sampling settings below were chosen on validation seeds only.
 
-**Recipe.** `ditlab vision3d train {name}` (`ditlab.vision3d.train`): AdamW lr {lr}, {warmup} warm-up steps, batch
-{batch}, grad clip {grad_clip}, EMA {ema_decay} (the EMA weights are shipped, float16), bf16 autocast, {steps}
-steps, {hours:.2f} h of wall-clock training at 1 torch thread on a 2-core CPU machine{budget}.
+**Recipe.** {stage}`ditlab vision3d train {name}{init}` (`ditlab.vision3d.train`): AdamW lr {lr}, {warmup} warm-up
+steps, batch {batch}, grad clip {grad_clip}, EMA {ema_decay} ({shipped}, float16), {precision},
+{steps} steps, {hours:.2f} h of wall-clock training at 1 torch thread on a 2-core CPU machine{budget}.
 
 **Validation.** {val}
 
@@ -300,7 +340,9 @@ WHAT = {
                        "for the same wall-clock time.", SHAPE_DATA, "A baseline: not meant for use."),
     "lidar-dit": ("64-beam LiDAR range images: generation, sector completion, 16 -> 64 densification",
                   "RangeDiT: core's DiT on 2D tokens of 4 x 16 pixels (depth, log-scaled as LiDM, and intensity), "
-                  "azimuth-periodic positions, window attention, known pixels and their mask as input channels.",
+                  "azimuth-periodic positions, window attention, known pixels and their mask as input channels, "
+                  f"then a full-resolution pixel head ({PIXEL_HEAD} channels, 3 convolutions over 9 x 9 pixels, "
+                  "circular in azimuth) that corrects the transformer's velocity.",
                   LIDAR_DATA, "Trained on synthetic streets only: real scans (KITTI, nuScenes) differ in sensor, "
                   "ray drop and scene content; densification assumes the sparse beams are every 4th of the sensor."),
     "lidar-pointnet": ("the PointNet baseline for LiDAR generation",
@@ -312,7 +354,9 @@ WHAT = {
 
 def package_run(name: str, out_dir: str | Path) -> dict:
     """Choose the sampling settings on validation data, then write the EMA weights of `out_dir/checkpoint` as
-    packaged `name` with its card and sha256."""
+    packaged `name` with its card and sha256. A second stage (`warm_start`) whose EMA still holds more than
+    `EMA_START_SHARE` of the first stage's weights ships its final weights instead: after n steps the average keeps
+    decay^n of where it started (57% after 560 steps at 0.999), new zero-initialised modules included."""
     import time
 
     from ditlab.core.training import load_checkpoint
@@ -320,7 +364,10 @@ def package_run(name: str, out_dir: str | Path) -> dict:
 
     s = spec(name)
     model = build(name)
-    state = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME, model, ema=True)
+    warm = Path(out_dir) / WARM_START
+    steps_done = json.loads((Path(out_dir) / CHECKPOINT_NAME / "state.json").read_text())["step"]
+    use_ema = not (warm.is_file() and s.recipe.ema_decay**steps_done > EMA_START_SHARE)
+    state = load_checkpoint(Path(out_dir) / CHECKPOINT_NAME, model, ema=use_ema)
     model.eval()
     t0 = time.perf_counter()
     config = dict(model.config)
@@ -348,10 +395,22 @@ def package_run(name: str, out_dir: str | Path) -> dict:
     what, arch, data, limits = WHAT[name]
     r = s.recipe
     budget = f", the same {state.get('elapsed_s', 0):.0f} s as its DiT" if "pointnet" in name else ""
+    stage, init = "", ""
+    shipped = "the EMA weights are shipped" if use_ema else (
+        f"the final weights are shipped, not the EMA, which after {steps_done} steps of stage 2 still held "
+        f"{100 * s.recipe.ema_decay**steps_done:.0f}% of stage 1's weights")
+    if warm.is_file():  # a second stage: say what the first one was
+        w = json.loads(warm.read_text())
+        first = w["recipe"].removeprefix("**Recipe.** ").rstrip(".")
+        new = f"; new modules, zero-initialised: {', '.join(w['new'])}" if w["new"] else ""
+        stage = (f"Stage 1: {first}. Stage 2, from those weights (`{w['from']}`, sha256 {w['sha256'][:12]}...{new}): ")
+        init = f" --init-from {w['from']}"
+        budget += " (stage 2)" if budget else ""
     card = MODEL_CARD.format(name=name, what=what, arch=arch, params=n_params(model), data=data, lr=r.lr,
                              warmup=r.warmup, batch=r.batch, grad_clip=r.grad_clip, ema_decay=r.ema_decay,
                              steps=state["step"], hours=state.get("elapsed_s", 0) / 3600, budget=budget, val=val,
-                             limits=limits)
+                             stage=stage, init=init, limits=limits, precision=PRECISION_NOTE[r.precision],
+                             shipped=shipped)
     written = package(chosen.eval(), name, "ditlab.vision3d", card, dtype=torch.float16)
-    return {**written, "step": state["step"], "validation": {str(k): v for k, v in scores.items()},
+    return {**written, "step": state["step"], "ema": use_ema, "validation": {str(k): v for k, v in scores.items()},
             "eval_seconds": time.perf_counter() - t0}

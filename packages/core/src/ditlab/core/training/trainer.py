@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ditlab.core.errors import InputError, UsageError
 
+from ..accel.precision import bf16_supported
 from .ema import EMA
 
 MIXED_PRECISION = ("auto", "no", "bf16")
@@ -55,7 +56,7 @@ class TrainConfig:
     warmup_steps: int = 0  # step k (0-based) uses lr * min(1, (k + 1) / warmup_steps), then lr
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999  # 0 disables EMA
-    mixed_precision: str = "auto"  # "auto": bf16 on CUDA, fp32 on CPU; "no"; "bf16" (also allowed on CPU)
+    mixed_precision: str = "auto"  # "auto": bf16 on CUDA and on CPUs with native bf16, else fp32; "no"; "bf16"
     seed: int = 0
     output_dir: str | None = None  # None: no checkpoints/logs written
     checkpoint_every: int = 0  # 0: only at the end (when output_dir is set)
@@ -217,8 +218,8 @@ class Trainer:
         self.on_step = on_step
         self.step = 0
         mixed = config.mixed_precision
-        if mixed == "auto":
-            mixed = "bf16" if torch.cuda.is_available() else "no"
+        if mixed == "auto":  # bf16 where the hardware computes it natively; emulated it is far slower than fp32
+            mixed = "bf16" if torch.cuda.is_available() or bf16_supported("cpu")[0] else "no"
         self.accelerator = _accelerator(mixed, config.seed)
         set_seed(config.seed)
 
