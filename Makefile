@@ -3,9 +3,10 @@
 SHELL := /bin/bash
 VENV := .venv
 STAMP := $(VENV)/.ditlab-setup
-SETUP_INPUTS := scripts/setup.sh constraints.txt pyproject.toml $(wildcard packages/*/pyproject.toml)
-# Debian packages the project needs (installed when missing).
-export DITLAB_SYSTEM_PACKAGES := libusb-1.0-0
+SETUP_INPUTS := Makefile scripts/setup.sh constraints.txt pyproject.toml $(wildcard packages/*/pyproject.toml)
+# Debian packages the project needs (installed when missing): libusb-1.0-0 for open3d, espeak-ng for the
+# ditlab.audio text front end and corpus.
+export DITLAB_SYSTEM_PACKAGES := libusb-1.0-0 espeak-ng
 
 .PHONY: app test test-slow setup lint bench
 

@@ -1,4 +1,6 @@
 import os
+import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,6 +13,53 @@ os.environ.setdefault("DITLAB_PRECISION", "fp32")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def vertical_app(name: str):
+    """The Typer app a vertical plugs into `ditlab` through the entry-point group `ditlab.commands`."""
+    from importlib.metadata import entry_points
+
+    (ep,) = [ep for ep in entry_points(group="ditlab.commands") if ep.name == name]
+    return ep.load()
+
+
+@pytest.fixture
+def vertical_cli(monkeypatch, capsys):
+    """vertical_cli(name) -> run(*args): `ditlab <name> ARGS` in-process through the root's `main` (its exit codes
+    and its handling of errors), with only that vertical plugged in; run returns a `CliResult`."""
+    import typer
+
+    from ditlab.core import cli as core_cli
+
+    def make(name: str):
+        root = typer.Typer(name="ditlab", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+        root.callback()(core_cli._root)
+        root.add_typer(vertical_app(name), name=name)
+        monkeypatch.setattr(core_cli, "app", root)
+        monkeypatch.setattr(core_cli, "_load_verticals", lambda: None)
+        monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # typer installs its own
+
+        def run(*args) -> CliResult:
+            capsys.readouterr()
+            monkeypatch.setattr(sys, "argv", ["ditlab", name, *map(str, args)])
+            try:
+                core_cli.main()
+                code = 0
+            except SystemExit as e:
+                code = 0 if e.code is None else e.code
+            out = capsys.readouterr()
+            return CliResult(code, out.out, out.err)
+
+        return run
+
+    return make
 
 
 @pytest.fixture

@@ -3,15 +3,11 @@ for bad input, 1 when some files of several failed): shapes as PLY + GLB, LiDAR 
 meshing, batches over folders, info."""
 
 import json
-import sys
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 import numpy as np
 import pytest
-import typer
 
-from ditlab.core import cli as core_cli
 from ditlab.vision3d.data import CLASSES
 from ditlab.vision3d.io import PointCloud, read_points, write_points
 from ditlab.vision3d.pipeline import ShapeGenerator
@@ -19,47 +15,17 @@ from ditlab.vision3d.pipeline import ShapeGenerator
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def vision3d_app():
-    (ep,) = [ep for ep in entry_points(group="ditlab.commands") if ep.name == "vision3d"]
-    return ep.load()
-
-
 @pytest.fixture
-def ditlab(monkeypatch, capsys):
+def ditlab(vertical_cli):
     """run(*args): `ditlab vision3d ARGS` through the root's `main`, with only this vertical plugged in."""
-    root = typer.Typer(name="ditlab", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    root.callback()(core_cli._root)
-    root.add_typer(vision3d_app(), name="vision3d")
-    monkeypatch.setattr(core_cli, "app", root)
-    monkeypatch.setattr(core_cli, "_load_verticals", lambda: None)
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # typer installs its own
-
-    def run(*args) -> Result:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["ditlab", "vision3d", *map(str, args)])
-        try:
-            core_cli.main()
-            code = 0
-        except SystemExit as e:
-            code = 0 if e.code is None else e.code
-        out = capsys.readouterr()
-        return Result(code, out.out, out.err)
-
-    return run
+    return vertical_cli("vision3d")
 
 
-def errors(r: Result) -> list[str]:
+def errors(r) -> list[str]:
     return [line for line in r.stderr.splitlines() if line.startswith(("error", "internal error"))]
 
 
-def assert_refused(r: Result, message: str) -> None:
+def assert_refused(r, message: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     (line,) = errors(r)
     assert line.startswith("error: ") and message in line, line
@@ -94,7 +60,8 @@ def rows_as_set(a) -> set:
 def test_the_root_finds_the_vertical_by_its_entry_point():
     from ditlab.vision3d.cli import app
 
-    assert vision3d_app() is app
+    (ep,) = [ep for ep in entry_points(group="ditlab.commands") if ep.name == "vision3d"]
+    assert ep.load() is app
 
 
 def test_info_prints_the_classes_and_formats(ditlab):
