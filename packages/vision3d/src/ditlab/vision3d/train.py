@@ -344,7 +344,10 @@ WHAT = {
                   f"then a full-resolution pixel head ({PIXEL_HEAD} channels, 3 convolutions over 9 x 9 pixels, "
                   "circular in azimuth) that corrects the transformer's velocity.",
                   LIDAR_DATA, "Trained on synthetic streets only: real scans (KITTI, nuScenes) differ in sensor, "
-                  "ray drop and scene content; densification assumes the sparse beams are every 4th of the sensor."),
+                  "ray drop and scene content; densification assumes the sparse beams are every 4th of the sensor. "
+                  "At this budget generated pixels are noisy: a bird's-eye view of a generated scan, or of a "
+                  "completed sector, shows scattered returns about the right ranges, not walls, kerbs and ground "
+                  "rings; densification is less accurate than linear interpolation between the known beams."),
     "lidar-pointnet": ("the PointNet baseline for LiDAR generation",
                        f"A PointNet-style point diffusion network on {LIDAR_POINTS} points per scan (metres times "
                        f"{LIDAR_SCALE}), parameters matched to lidar-dit, trained for the same wall-clock time.",
