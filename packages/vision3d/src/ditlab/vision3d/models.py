@@ -42,6 +42,12 @@ def _check_points(x: torch.Tensor) -> None:
         raise InputError(f"expected point clouds (B, N, 3) with N >= 1, got shape {tuple(x.shape)}")
 
 
+def batch_times(timestep: torch.Tensor | float, b: int, device) -> torch.Tensor:
+    """(b,) float32 timesteps of a batch: one per sample, or a scalar given to all of them."""
+    t = torch.as_tensor(timestep, device=device, dtype=torch.float32)
+    return t.expand(b) if t.ndim == 0 else t
+
+
 def grid_coords(x: torch.Tensor, resolution: int) -> torch.Tensor:
     """Continuous voxel coordinates in [0, r-1] of points (B, N, 3): each cloud centred on its mean and scaled by
     twice its largest distance from it (PVCNN / DiT-3D's normalisation, so noisy clouds at any step fill the
@@ -133,8 +139,7 @@ class PointDiT(ModelMixin, ConfigMixin):
         vox = torch.cat([vox, (counts > 0).to(vox.dtype)], dim=1)  # (B, 7, r, r, r)
         volume = self.dit(vox.to(self.dtype), timestep, class_labels=class_labels)  # (B, C, r, r, r)
         h = torch.cat([devoxelise(volume, coords), x.to(volume.dtype)], dim=-1)
-        t = torch.as_tensor(timestep, device=x.device, dtype=torch.float32)
-        return self.head(h, t.expand(x.shape[0]) if t.ndim == 0 else t)
+        return self.head(h, batch_times(timestep, x.shape[0], x.device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,8 +174,7 @@ class PointNetDiffusion(ModelMixin, ConfigMixin):
                 ) -> torch.Tensor:
         _check_points(x)
         b = x.shape[0]
-        t = torch.as_tensor(timestep, device=x.device, dtype=torch.float32)
-        t = t.expand(b) if t.ndim == 0 else t
+        t = batch_times(timestep, b, x.device)
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             labels = _labels(class_labels, b, self.num_classes, x.device)
@@ -306,5 +310,4 @@ class RangeDiT(ModelMixin, ConfigMixin):
         v = self.dit(inputs, timestep)
         if self.head is None:
             return v
-        t = torch.as_tensor(timestep, device=x.device, dtype=torch.float32)
-        return v + self.head(torch.cat([v.to(inputs.dtype), inputs], dim=1), t.expand(b) if t.ndim == 0 else t)
+        return v + self.head(torch.cat([v.to(inputs.dtype), inputs], dim=1), batch_times(timestep, b, x.device))

@@ -199,17 +199,17 @@ def warm_start(model: torch.nn.Module, weights: str | Path, out_dir: str | Path)
     from ditlab.core.weights import resolve, sha256_file, weights_file
     from ditlab.vision3d.pipeline import load_model
 
-    source = load_model(weights)
+    folder, digest = resolve(weights, "ditlab.vision3d")
+    source = load_model(weights)  # a packaged name's recorded sha256 is checked here; it is the one recorded below
     own, theirs = model.state_dict(), source.state_dict()
     unfit = [k for k in theirs if k not in own or own[k].shape != theirs[k].shape]
     if unfit:
         raise InputError(f"{weights} does not fit {type(model).__name__}: {unfit[:4]}")
     model.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in theirs.items()}})
-    folder, _ = resolve(weights, "ditlab.vision3d")
     card = folder / "README.md"
     paragraphs = card.read_text().split("\n\n") if card.is_file() else []
     recipe = next((p.replace("\n", " ") for p in paragraphs if p.startswith("**Recipe.**")), "")
-    record = {"from": str(weights), "sha256": sha256_file(weights_file(folder)),
+    record = {"from": str(weights), "sha256": digest or sha256_file(weights_file(folder)),
               "new": sorted({k.split(".")[0] for k in own if k not in theirs}), "recipe": recipe}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / WARM_START).write_text(json.dumps(record, indent=1))
